@@ -1,0 +1,3 @@
+from moeprune.cli import main
+
+main()

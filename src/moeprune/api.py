@@ -1,0 +1,158 @@
+"""The public operations, top to bottom: resolve -> index -> score -> select -> rewrite.
+
+Every function takes a local folder or hub id, never loads a model (except `verify`), and
+reports progress through an optional ``progress(kind, total_or_advance)`` callback so that the
+library itself never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moeprune.arch.layout import MoeModel, describe
+from moeprune.errors import InputError, OutputError
+from moeprune.io import surgery
+from moeprune.io.reader import Checkpoint
+from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
+from moeprune.plan import PrunePlan, make_plan, n_to_prune
+from moeprune.scoring.weights import WEIGHT_CRITERIA, layer_bytes, score_layers, weight_moments
+
+Progress = Callable[[str, int, int], None]
+"""progress(stage, done_bytes_increment, total_bytes)."""
+
+CRITERIA = dict(WEIGHT_CRITERIA)
+
+
+@dataclass
+class Scores:
+    """One criterion's scores: ``layers[layer index][original expert id]``."""
+
+    criterion: str
+    direction: str
+    layers: dict[int, list[float]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"criterion": self.criterion, "direction": self.direction,
+                "layers": {str(i): s for i, s in self.layers.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Scores:
+        return cls(d["criterion"], d["direction"], {int(i): [float(v) for v in s] for i, s in d["layers"].items()})
+
+
+def open_model(model: str | os.PathLike[str], *, weights: bool = True) -> tuple[Checkpoint, MoeModel]:
+    ckpt = Checkpoint.open(model, weights=weights)
+    return ckpt, describe(ckpt.config, ckpt.tensors)
+
+
+def inspect(model: str | os.PathLike[str]) -> dict[str, Any]:
+    """Family, MoE layers, experts, top-k, layout and sizes, from config and headers only."""
+    ckpt, moe = open_model(model)
+    with ckpt:
+        expert_bytes = sum(layer_bytes(ckpt, layer) for layer in moe.layers)
+        return {
+            "path": str(ckpt.path),
+            "family": moe.family.model_type,
+            "layers": moe.n_layers,
+            "moe_layers": [layer.index for layer in moe.layers],
+            "experts": moe.n_experts,
+            "expert_count_key": moe.count_key,
+            "top_k": moe.top_k,
+            "groups": None if moe.groups is None else {"n_group": moe.groups.n_group, "topk_group": moe.groups.topk_group},
+            "layout": moe.layers[0].layout,
+            "dtypes": sorted({ckpt.info(n).dtype for layer in moe.layers for n in layer.fused + sum(layer.per_expert.values(), [])}),
+            "total_bytes": ckpt.total_bytes,
+            "routed_expert_bytes": expert_bytes,
+            "bytes_per_expert": expert_bytes // (moe.n_experts * len(moe.layers)),
+            "files": sorted({t.file.name for t in ckpt.tensors.values()}),
+        }
+
+
+def _criteria(criterion: str) -> list[str]:
+    if criterion == "all":
+        return list(CRITERIA)
+    if criterion not in CRITERIA:
+        raise InputError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)} or all")
+    return [criterion]
+
+
+def score(model: str | os.PathLike[str], criterion: str = "aimer", *, seed: int = 0,
+          progress: Progress | None = None) -> dict[str, Scores]:
+    """Scores of every routed expert with one criterion, or all of them (``"all"``) in one pass."""
+    names = _criteria(criterion)
+    ckpt, moe = open_model(model)
+    with ckpt:
+        return _score(ckpt, moe, names, seed, progress)
+
+
+def _score(ckpt: Checkpoint, moe: MoeModel, names: list[str], seed: int, progress: Progress | None) -> dict[str, Scores]:
+    from moeprune.scoring.weights import Moments
+
+    if any(CRITERIA[n].needs_weights for n in names):
+        total = sum(layer_bytes(ckpt, layer) for layer in moe.layers)
+        moments = weight_moments(ckpt, moe, None if progress is None else lambda b: progress("score", b, total))
+    else:
+        moments = {layer.index: Moments.zeros(moe.n_experts) for layer in moe.layers}
+    return {n: Scores(n, CRITERIA[n].direction, score_layers(moments, n, seed)) for n in names}
+
+
+def plan(model: str | os.PathLike[str], criterion: str = "aimer", *, ratio: float | None = None,
+         n_prune: int | None = None, seed: int = 0, scores: Scores | None = None,
+         progress: Progress | None = None) -> PrunePlan:
+    """The pruning plan (validated) without writing anything."""
+    ckpt, moe = open_model(model)
+    with ckpt:
+        return _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, progress)
+
+
+def _plan(ckpt: Checkpoint, moe: MoeModel, criterion: str, ratio: float | None, n_prune: int | None,
+          seed: int, scores: Scores | None, progress: Progress | None) -> PrunePlan:
+    p = n_to_prune(moe.n_experts, ratio, n_prune)
+    from moeprune.plan import check_feasible
+
+    check_feasible(moe.n_experts, moe.top_k, p, moe.groups)  # before the (long) scoring pass
+    if scores is None:
+        scores = _score(ckpt, moe, _criteria(criterion), seed, progress)[criterion]
+    want = {layer.index for layer in moe.layers}
+    if set(scores.layers) != want or any(len(s) != moe.n_experts for s in scores.layers.values()):
+        raise InputError(f"the scores do not match this model ({len(want)} MoE layers x {moe.n_experts} experts)")
+    made = make_plan(scores.criterion, scores.direction, scores.layers, moe.n_experts, moe.top_k, p, moe.groups)
+    made.ratio = ratio if ratio is not None else made.ratio
+    return made
+
+
+def prune(model: str | os.PathLike[str], out: str | os.PathLike[str], criterion: str = "aimer", *,
+          ratio: float | None = None, n_prune: int | None = None, seed: int = 0, scores: Scores | None = None,
+          overwrite: bool = False, max_shard_size: str | int = "5GB", dry_run: bool = False,
+          progress: Progress | None = None) -> PrunePlan:
+    """Score, select and write the pruned checkpoint to ``out`` (atomically)."""
+    out = Path(out)
+    max_bytes = parse_size(max_shard_size)
+    ckpt, moe = open_model(model)
+    with ckpt:
+        target = out.resolve()
+        src = ckpt.path.resolve()
+        if target == src or src in target.parents:
+            raise OutputError(f"{out} is inside the input checkpoint {ckpt.path}; choose another output folder")
+        if target.exists() and not overwrite and not dry_run:
+            raise OutputError(f"{out} already exists; pass --overwrite to replace it")
+        made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, progress)
+        if dry_run:
+            return made
+        tensors = surgery.output_tensors(ckpt, moe, made)
+        total = sum(t.nbytes for t in tensors)
+        with atomic_folder(out, overwrite) as tmp:
+            write_checkpoint(tmp, tensors, {"format": "pt", **ckpt.metadata}, max_bytes,
+                             None if progress is None else lambda b: progress("write", b, total))
+            (tmp / "config.json").write_text(json.dumps(surgery.pruned_config(moe, made.n_kept), indent=2) + "\n")
+            surgery.copy_side_files(ckpt.path, tmp)
+            readme = ckpt.path / "README.md"
+            original = readme.read_text(errors="replace") if readme.is_file() else None
+            (tmp / "README.md").write_text(surgery.model_card(str(model), made, moe, original))
+            made.save(tmp)
+        return made

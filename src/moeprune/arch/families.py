@@ -1,0 +1,425 @@
+"""Every supported model family, one declarative `Family` entry each.
+
+Keys are the on-disk names of hub checkpoints (transformers 5.x converts them on load); the
+``mem_*`` paths are the module names of the model transformers builds. See
+docs/adding-a-family.md for how to add an entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from moeprune.arch.spec import Config, Family, Groups
+from moeprune.errors import UnsupportedFamilyError
+
+# --- which decoder layers are MoE layers -------------------------------------------------------
+
+
+def _n_layers(cfg: Config) -> int:
+    return int(cfg["num_hidden_layers"])
+
+
+def all_layers(cfg: Config) -> list[int]:
+    return list(range(_n_layers(cfg)))
+
+
+def first_k_dense(default: int) -> Callable[[Config], list[int]]:
+    """Layers ``>= first_k_dense_replace`` (DeepSeek, GLM)."""
+
+    def rule(cfg: Config) -> list[int]:
+        k = cfg.get("first_k_dense_replace", default) or 0
+        return [i for i in range(_n_layers(cfg)) if i >= k]
+
+    return rule
+
+
+def sparse_step(cfg: Config) -> list[int]:
+    """Qwen MoE rule: not in ``mlp_only_layers`` and ``(i + 1) % decoder_sparse_step == 0``."""
+    step = cfg.get("decoder_sparse_step", 1) or 1
+    dense = set(cfg.get("mlp_only_layers") or [])
+    return [i for i in range(_n_layers(cfg)) if i not in dense and (i + 1) % step == 0]
+
+
+def ernie_rule(cfg: Config) -> list[int]:
+    """ERNIE-4.5: ``moe_layer_start_index <= i <= moe_layer_end_index`` (-1 = last) and
+    ``(i + 1) % moe_layer_interval == 0``."""
+    n = _n_layers(cfg)
+    start = cfg.get("moe_layer_start_index", 1)
+    end = cfg.get("moe_layer_end_index", -1)
+    end = n - 1 if end is None or end == -1 else end
+    interval = cfg.get("moe_layer_interval", 1) or 1
+    return [i for i in range(n) if start <= i <= end and (i + 1) % interval == 0]
+
+
+def jamba_rule(cfg: Config) -> list[int]:
+    """Jamba: ``i % expert_layer_period == expert_layer_offset``."""
+    period = cfg.get("expert_layer_period", 2)
+    offset = cfg.get("expert_layer_offset", 1)
+    return [i for i in range(_n_layers(cfg)) if i % period == offset]
+
+
+def llama4_rule(cfg: Config) -> list[int]:
+    """Llama 4: ``moe_layers`` when given, else every ``interleave_moe_layer_step``-th layer."""
+    if cfg.get("moe_layers") is not None:
+        return sorted(int(i) for i in cfg["moe_layers"])
+    step = cfg.get("interleave_moe_layer_step", 1) or 1
+    return list(range(step - 1, _n_layers(cfg), step))
+
+
+def num_dense_layers(cfg: Config) -> list[int]:
+    """LFM2-MoE: the first ``num_dense_layers`` layers are dense."""
+    k = cfg.get("num_dense_layers", 2)
+    return [i for i in range(_n_layers(cfg)) if i >= k]
+
+
+# --- group-limited routing ---------------------------------------------------------------------
+
+
+def v3_groups(cfg: Config) -> Groups | None:
+    """DeepSeek-V3 style: a group scores as the sum of its top-2 biased scores."""
+    n_group = cfg.get("n_group") or 1
+    if n_group <= 1:
+        return None
+    return Groups(int(n_group), int(cfg.get("topk_group") or n_group), min_per_group=2)
+
+
+def v2_groups(cfg: Config) -> Groups | None:
+    """DeepSeek-V2 ``group_limited_greedy``: a group scores as its best expert."""
+    n_group = cfg.get("n_group") or 1
+    if cfg.get("topk_method") != "group_limited_greedy" or n_group <= 1:
+        return None
+    return Groups(int(n_group), int(cfg.get("topk_group") or n_group), min_per_group=1)
+
+
+# --- tiny test models ----------------------------------------------------------------------------
+
+_TINY = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=128,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+)
+_E8K2 = dict(num_experts_per_tok=2)
+_MLA = dict(head_dim=8, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+
+
+def _tiny(**over: object) -> dict[str, object]:
+    return {**_TINY, **over}
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+_ENTRIES = [
+    Family(
+        "mixtral",
+        count_keys=("num_local_experts", "num_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        block="block_sparse_moe",
+        mem_router="mlp.gate",
+        tiny=_tiny(num_local_experts=8, **_E8K2),
+        notes="per-expert w1/w3/w2; softmax, top-k, renormalise",
+    ),
+    Family(
+        "qwen2_moe",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=sparse_step,
+        mem_router="mlp.gate",
+        tiny=_tiny(
+            num_experts=8,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            mlp_only_layers=[0],
+            **_E8K2,
+        ),
+        notes="gated shared expert (kept); mlp_only_layers / decoder_sparse_step",
+    ),
+    Family(
+        "qwen3_moe",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=sparse_step,
+        mem_router="mlp.gate",
+        tiny=_tiny(num_experts=8, moe_intermediate_size=32, norm_topk_prob=True, **_E8K2),
+        notes="per-expert; norm_topk_prob decides renormalisation",
+    ),
+    Family(
+        "qwen3_next",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=sparse_step,
+        mem_router="mlp.gate",
+        tiny=_tiny(
+            num_experts=8,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            linear_num_value_heads=4,
+            linear_num_key_heads=2,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            **_E8K2,
+        ),
+        notes="hybrid linear attention; gated shared expert (kept)",
+    ),
+    Family(
+        "qwen3_5_moe",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        layers="model.language_model.layers",
+        nested=True,
+        mem_router="mlp.gate",
+        tiny_fused=True,
+        tiny=dict(
+            text_config=_tiny(
+                num_hidden_layers=2,
+                num_experts=8,
+                moe_intermediate_size=32,
+                shared_expert_intermediate_size=48,
+                layer_types=["linear_attention", "full_attention"],
+                linear_num_value_heads=4,
+                linear_num_key_heads=2,
+                linear_key_head_dim=16,
+                linear_value_head_dim=16,
+                **_E8K2,
+            ),
+            vision_config=dict(
+                depth=1,
+                hidden_size=32,
+                intermediate_size=32,
+                num_heads=2,
+                out_hidden_size=64,
+                patch_size=2,
+                spatial_merge_size=1,
+                temporal_patch_size=1,
+            ),
+        ),
+        notes="nested text_config; experts fused on disk (gate_up_proj, down_proj)",
+    ),
+    Family(
+        "olmoe",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        mem_router="mlp.gate",
+        tiny=_tiny(num_experts=8, **_E8K2),
+        notes="softmax, top-k, no renormalisation",
+    ),
+    Family(
+        "deepseek_v2",
+        count_keys=("n_routed_experts", "num_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=first_k_dense(0),
+        groups=v2_groups,
+        mem_router="mlp.gate",
+        tiny=_tiny(
+            n_routed_experts=8,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            q_lora_rank=None,
+            **_MLA,
+            **_E8K2,
+        ),
+        notes="first_k_dense_replace; shared experts (kept); optional group_limited_greedy",
+    ),
+    Family(
+        "deepseek_v3",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=first_k_dense(3),
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=_tiny(
+            n_routed_experts=8,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=2,
+            topk_group=1,
+            q_lora_rank=32,
+            **_MLA,
+            **_E8K2,
+        ),
+        notes="sigmoid + correction bias; group-limited (n_group, topk_group)",
+    ),
+    Family(
+        "glm4_moe",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=first_k_dense(1),
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=_tiny(
+            n_routed_experts=8, moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
+            **_E8K2,
+        ),
+        notes="as DeepSeek-V3 (sigmoid + correction bias)",
+    ),
+    Family(
+        "gpt_oss",
+        count_keys=("num_local_experts", "num_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        router="router.weight",
+        sliced=(("router.bias", 0),),
+        mem_router="mlp.router",
+        tiny=_tiny(
+            num_local_experts=8,
+            intermediate_size=32,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            **_E8K2,
+        ),
+        notes="fused, transposed, interleaved gate/up; router bias; expert biases",
+    ),
+    Family(
+        "phimoe",
+        count_keys=("num_local_experts", "num_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        block="block_sparse_moe",
+        mem_router="mlp.router",
+        tiny=_tiny(num_local_experts=8, **_E8K2),
+        notes="sparsemixer routing; per-expert w1/w3/w2",
+    ),
+    Family(
+        "granitemoe",
+        count_keys=("num_local_experts", "num_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        block="block_sparse_moe",
+        router="router.layer.weight",
+        fused=("input_linear.weight", "output_linear.weight"),
+        mem_router="block_sparse_moe.router",
+        tiny=_tiny(num_local_experts=8, **_E8K2),
+        notes="fused on disk (input_linear, output_linear); top-k then softmax",
+    ),
+    Family(
+        "ernie4_5_moe",
+        count_keys=("moe_num_experts", "num_experts"),
+        topk_keys=("moe_k", "num_experts_per_tok"),
+        moe_layers=ernie_rule,
+        sliced=(("moe_statics.e_score_correction_bias", 1),),
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.moe_statics.e_score_correction_bias",
+        tiny=_tiny(
+            moe_num_experts=8,
+            moe_k=2,
+            moe_intermediate_size=32,
+            moe_num_shared_experts=1,
+            moe_layer_start_index=1,
+            moe_layer_end_index=-1,
+        ),
+        notes="[1, E] correction bias added to probabilities; layer 0 dense",
+    ),
+    Family(
+        "minimax_m2",
+        count_keys=("num_local_experts", "num_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        block="block_sparse_moe",
+        sliced=(("e_score_correction_bias", 0),),
+        mem_router="mlp.gate",
+        mem_bias="mlp.e_score_correction_bias",
+        tiny=_tiny(num_local_experts=8, **_E8K2),
+        notes="sigmoid + correction bias on the block",
+    ),
+    Family(
+        "hunyuan_v1_moe",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("moe_topk", "num_experts_per_tok"),
+        moe_layers=all_layers,
+        router="gate.wg.weight",
+        mem_router="mlp.gate.wg",
+        tiny=_tiny(num_experts=8, moe_topk=2, moe_intermediate_size=32),
+        notes="shared_mlp (kept); softmax, top-k, renormalise",
+    ),
+    Family(
+        "jamba",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=jamba_rule,
+        block="feed_forward",
+        router="router.weight",
+        mem_router="feed_forward.router",
+        tiny=_tiny(
+            num_experts=8,
+            num_hidden_layers=4,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            mamba_d_state=8,
+            mamba_expand=2,
+            mamba_dt_rank=8,
+            **_E8K2,
+        ),
+        notes="Mamba hybrid; expert_layer_period / expert_layer_offset",
+    ),
+    Family(
+        "llama4_text",
+        count_keys=("num_local_experts", "num_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=llama4_rule,
+        block="feed_forward",
+        router="router.weight",
+        mem_router="feed_forward.router",
+        tiny=_tiny(
+            num_local_experts=8,
+            num_experts_per_tok=1,
+            intermediate_size=32,
+            intermediate_size_mlp=96,
+            interleave_moe_layer_step=2,
+        ),
+        notes="fused, transposed; shared expert (kept); moe_layers / interleave step",
+    ),
+    Family(
+        "lfm2_moe",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=num_dense_layers,
+        block="feed_forward",
+        sliced=(("expert_bias", 0),),
+        mem_router="feed_forward.gate",
+        mem_bias="feed_forward.expert_bias",
+        tiny=_tiny(
+            num_experts=8,
+            moe_intermediate_size=32,
+            num_dense_layers=1,
+            layer_types=["conv", "full_attention", "conv"],
+            **_E8K2,
+        ),
+        notes="sigmoid + expert_bias; num_dense_layers",
+    ),
+]
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
+
+
+def supported() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def family_for_config(config: Config) -> Family:
+    """The registry entry for a config.json, or a clear error listing what is supported."""
+    model_type = config.get("model_type")
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    text = config.get("text_config") or {}
+    if text.get("model_type") in FAMILIES:  # e.g. a text model saved inside a wrapper
+        return FAMILIES[text["model_type"]]
+    raise UnsupportedFamilyError(
+        f"model_type {model_type!r} is not supported; supported families: "
+        f"{', '.join(supported())}. To add one, see docs/adding-a-family.md"
+    )

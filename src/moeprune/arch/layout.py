@@ -1,0 +1,153 @@
+"""Where a checkpoint's routed experts are: its MoE layers and their tensors, from the index.
+
+`describe()` combines a family entry with a checkpoint's config and tensor table. It detects
+whether experts are stored per expert (``experts.{j}.*``) or fused (first axis = expert), and
+checks everything the entry predicts before any weight is read: the router of every MoE layer,
+every expert's tensors, matching shapes, and no router in a layer the config calls dense.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from moeprune.arch.families import family_for_config
+from moeprune.arch.spec import Family, Groups
+from moeprune.errors import InputError
+from moeprune.io.format import TensorInfo
+
+
+@dataclass
+class MoeLayer:
+    """The expert tensors of one MoE layer (all names are full checkpoint keys)."""
+
+    index: int
+    router: str
+    per_expert: dict[int, list[str]] = field(default_factory=dict)
+    """Expert id -> its own tensors (``...experts.{j}.*``)."""
+    fused: list[str] = field(default_factory=list)
+    """Tensors whose first axis is the expert (fused weights, their biases)."""
+    sliced: list[tuple[str, int]] = field(default_factory=list)
+    """Router and selection-bias tensors with one entry per expert along the given axis."""
+
+    @property
+    def layout(self) -> str:
+        return "fused" if self.fused and not self.per_expert else "per-expert"
+
+
+@dataclass
+class MoeModel:
+    """A checkpoint seen as a MoE model: family, counts, and every MoE layer's tensors."""
+
+    family: Family
+    config: dict[str, Any]
+    n_experts: int
+    top_k: int
+    count_key: str
+    groups: Groups | None
+    layers: list[MoeLayer]
+    n_layers: int
+
+    @property
+    def text_config(self) -> dict[str, Any]:
+        return text_config(self.config, self.family)
+
+
+def text_config(config: dict[str, Any], family: Family) -> dict[str, Any]:
+    if family.nested:
+        text = config.get("text_config")
+        if not isinstance(text, dict):
+            raise InputError(f"config.json of a {family.model_type} model has no text_config")
+        return text
+    return config  # type: ignore[return-value]
+
+
+def first_key(cfg: Mapping[str, Any], keys: tuple[str, ...], what: str) -> tuple[str, int]:
+    for key in keys:
+        if cfg.get(key) is not None:
+            return key, int(cfg[key])
+    raise InputError(f"config.json has no {what} (looked for {', '.join(keys)})")
+
+
+def is_weight(name: str) -> bool:
+    """Tensors pooled by weight criteria: matrices, not biases."""
+    return not name.endswith("bias")
+
+
+def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeModel:
+    """Resolve the family and locate and check every routed-expert tensor."""
+    family = family_for_config(config)
+    text = text_config(config, family)
+    count_key, n_experts = first_key(text, family.count_keys, "routed expert count")
+    _, top_k = first_key(text, family.topk_keys, "top-k")
+    if "num_hidden_layers" not in text:
+        raise InputError("config.json has no num_hidden_layers")
+    n_layers = int(text["num_hidden_layers"])
+    moe_ids = family.moe_layers(text)
+    if not moe_ids or n_experts <= 1:
+        raise InputError(f"config.json describes no routed-expert layer ({family.model_type}); nothing to prune")
+
+    by_layer: dict[int, list[str]] = defaultdict(list)
+    pat = re.compile(re.escape(family.layers) + r"\.(\d+)\.")
+    for name in tensors:
+        m = pat.match(name)
+        if m:
+            by_layer[int(m.group(1))].append(name)
+
+    router_layers = {i for i, names in by_layer.items() if family.block_prefix(i) + family.router in names}
+    unexpected = sorted(router_layers - set(moe_ids) - set(range(n_layers, n_layers + 64)))
+    if unexpected:
+        raise InputError(
+            f"layer {unexpected[0]} holds a router but config.json makes it a dense layer; "
+            "the config does not match the weights"
+        )
+    # extra layers past num_hidden_layers that hold experts (MTP / next-n layers) are pruned too
+    ids = sorted(set(moe_ids) | {i for i in router_layers if i >= n_layers})
+    layers = [_layer(family, i, by_layer.get(i, []), tensors, n_experts) for i in ids]
+    return MoeModel(family, config, n_experts, top_k, count_key, family.groups(text), layers, n_layers)
+
+
+def _layer(family: Family, i: int, names: list[str], tensors: Mapping[str, TensorInfo], n: int) -> MoeLayer:
+    block = family.block_prefix(i)
+    router = block + family.router
+    if router not in tensors:
+        raise InputError(f"layer {i}: router weight {router!r} not found in the checkpoint")
+    layer = MoeLayer(i, router)
+    _check_rows(tensors[router], router, n, 0)
+    layer.sliced.append((router, 0))
+    for rel, axis in family.sliced:
+        if block + rel in tensors:
+            _check_rows(tensors[block + rel], block + rel, n, axis)
+            layer.sliced.append((block + rel, axis))
+    experts = block + family.experts + "."
+    per = re.compile(re.escape(experts) + r"(\d+)\.")
+    fused = {block + rel for rel in family.fused}
+    for name in sorted(names):
+        m = per.match(name)
+        if m:
+            j = int(m.group(1))
+            if j >= n:
+                raise InputError(f"layer {i}: tensor {name!r} names expert {j}, but the config says {n} experts")
+            layer.per_expert.setdefault(j, []).append(name)
+        elif name.startswith(experts) or name in fused:
+            _check_rows(tensors[name], name, n, 0)
+            layer.fused.append(name)
+    if layer.per_expert:
+        missing = sorted(set(range(n)) - set(layer.per_expert))
+        if missing:
+            raise InputError(f"layer {i}: tensors of expert {missing[0]} are missing ({len(missing)} experts missing)")
+        suffixes = [sorted(k[len(experts) + len(str(j)) + 1 :] for k in v) for j, v in sorted(layer.per_expert.items())]
+        odd = next((j for j, s in enumerate(suffixes) if s != suffixes[0]), None)
+        if odd is not None:
+            raise InputError(f"layer {i}: expert {odd} does not have the same tensors as expert 0")
+    elif not layer.fused:
+        raise InputError(f"layer {i}: no expert tensors under {experts!r}")
+    return layer
+
+
+def _check_rows(info: TensorInfo, name: str, n: int, axis: int) -> None:
+    if len(info.shape) <= axis or info.shape[axis] != n:
+        raise InputError(f"{name!r} has shape {list(info.shape)}, expected {n} experts along axis {axis}")

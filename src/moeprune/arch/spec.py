@@ -1,0 +1,78 @@
+"""The registry entry type: everything moeprune must know about one model family, as data.
+
+A `Family` says where the MoE blocks sit in a checkpoint (on-disk key names), which config keys
+hold the expert count, top-k and group settings, which decoder layers are MoE layers, which tensors
+carry one row per expert, and how `verify` masks experts in the model transformers builds.
+Layout details (per-expert keys or fused tensors) are detected from the checkpoint, not declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Config = Mapping[str, Any]
+"""The part of config.json that describes the language model (``text_config`` when nested)."""
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Group-limited routing read from a config: experts are split into ``n_group`` contiguous
+    blocks and each token may only pick experts in its best ``topk_group`` groups."""
+
+    n_group: int
+    topk_group: int
+    min_per_group: int
+    """Experts that must survive in every group (DeepSeek-V3 scores a group by its top-2)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family (a config.json ``model_type``)."""
+
+    model_type: str
+    count_keys: tuple[str, ...]
+    """Config keys that may hold the routed-expert count; the first present is read and every
+    present one is rewritten."""
+    topk_keys: tuple[str, ...]
+    """Config keys that may hold top-k; the first present is read."""
+    moe_layers: Callable[[Config], list[int]]
+    """Indices of the decoder layers that hold routed experts, from the config."""
+    mem_router: str
+    """Router module path, relative to a decoder layer of the loaded transformers model; its
+    ``weight`` has one row per expert (used by verify to mask logits)."""
+    block: str = "mlp"
+    """The MoE block's name under each decoder layer, on disk."""
+    router: str = "gate.weight"
+    """Router weight key relative to the block; its rows are the experts."""
+    sliced: tuple[tuple[str, int], ...] = ()
+    """Other tensors (relative to the block) with one entry per expert, and their expert axis:
+    router biases, selection-bias vectors."""
+    experts: str = "experts"
+    """Prefix of the expert tensors relative to the block: ``experts.{j}.*`` (per-expert keys)
+    or ``experts.<name>`` (fused tensors whose first axis is the expert)."""
+    fused: tuple[str, ...] = ()
+    """Fused expert tensors (first axis = expert) that do not live under ``experts``."""
+    layers: str = "model.layers"
+    """Prefix of the decoder layers on disk."""
+    nested: bool = False
+    """The language-model keys live in ``text_config``."""
+    groups: Callable[[Config], Groups | None] = field(default=lambda cfg: None)
+    """Group-limited routing settings, or None for a flat router."""
+    mem_bias: str | None = None
+    """Selection-bias tensor (relative to a decoder layer in memory) that verify sets to -inf
+    for removed experts, because masking the logits alone does not stop selection."""
+    tiny: Mapping[str, Any] = field(default_factory=dict)
+    """Config overrides that make a tiny random model of this family (tests, make-tiny)."""
+    tiny_fused: bool = False
+    """Hub checkpoints store experts under the in-memory fused names although transformers
+    saves per-expert keys by default: tiny checkpoints are written fused, as on the hub."""
+    notes: str = ""
+    """One line for the docs' family table."""
+
+    def layer_prefix(self, layer: int) -> str:
+        return f"{self.layers}.{layer}."
+
+    def block_prefix(self, layer: int) -> str:
+        return f"{self.layers}.{layer}.{self.block}."

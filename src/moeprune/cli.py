@@ -1,0 +1,258 @@
+"""The ``moeprune`` command line: inspect | score | prune | verify | make-tiny | families.
+
+The CLI owns all printing: results on stdout, progress bars and notes on stderr, and one
+``error: ...`` line with a non-zero exit code (2 for bad input or arguments, 1 when verification
+fails, 130 when interrupted) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from moeprune.errors import MoePruneError
+
+RATIO_HELP = (
+    "Fraction of routed experts removed from every MoE layer. Per layer, p = the integer nearest "
+    "to ratio x experts, exact halves rounded down (e.g. 0.25 of 8 -> 2, 0.3 of 5 -> 1)."
+)
+
+
+class _Progress:
+    """tqdm bars keyed by stage, fed by the library's progress callback."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, advance: int, total: int) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="B", unit_scale=True, unit_divisor=1024,
+                                          file=sys.stderr, dynamic_ncols=True)
+        bar.update(advance)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _note(ctx: click.Context, text: str) -> None:
+    if not ctx.obj.get("quiet"):
+        click.echo(text, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes.")
+@click.option("-v", "--verbose", is_flag=True, help="More detail (per-layer plans).")
+@click.version_option(package_name="moeprune")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, verbose: bool) -> None:
+    """One-shot expert pruning for Mixture-of-Experts language models.
+
+    MODEL is a local checkpoint folder or a Hugging Face hub id.
+    """
+    ctx.obj = {"quiet": quiet, "verbose": verbose}
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect(model: str, as_json: bool) -> None:
+    """Family, MoE layers, experts, top-k, layout and sizes (reads no weights)."""
+    from moeprune.api import inspect as run
+
+    info = run(model)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    gib = 1024**3
+    groups = info["groups"]
+    rows = [
+        ("family", info["family"]),
+        ("layers", f"{info['layers']} ({len(info['moe_layers'])} MoE: {_ranges(info['moe_layers'])})"),
+        ("routed experts", f"{info['experts']} per MoE layer (config key {info['expert_count_key']})"),
+        ("top-k", info["top_k"]),
+        ("groups", "none" if groups is None else f"n_group {groups['n_group']}, topk_group {groups['topk_group']}"),
+        ("layout", f"{info['layout']}, {', '.join(info['dtypes'])}"),
+        ("size", f"{info['total_bytes'] / gib:.3f} GiB, routed experts {info['routed_expert_bytes'] / gib:.3f} GiB "
+                 f"({info['bytes_per_expert'] / 1024**2:.2f} MiB each)"),
+        ("files", f"{len(info['files'])} safetensors file(s)"),
+    ]
+    for k, v in rows:
+        click.echo(f"{k:>15}: {v}")
+
+
+def _ranges(ids: list[int]) -> str:
+    parts, start = [], None
+    for k, i in enumerate(ids):
+        if start is None:
+            start = i
+        if k + 1 == len(ids) or ids[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ", ".join(parts)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--criterion", "-c", default="aimer", show_default=True,
+              help="aimer, magnitude, random, or all (every weight criterion in one pass).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random criterion.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="scores.json to write.")
+@click.pass_context
+def score(ctx: click.Context, model: str, criterion: str, seed: int, output: Path) -> None:
+    """Score every routed expert (writes scores.json)."""
+    from moeprune.api import score as run
+
+    bars = _Progress(ctx.obj["quiet"])
+    try:
+        result = run(model, criterion, seed=seed, progress=bars)
+    finally:
+        bars.close()
+    if criterion == "all":
+        data: dict[str, Any] = {"criteria": {name: s.to_json() for name, s in result.items()}}
+    else:
+        data = result[criterion].to_json()
+    _write_json(output, data)
+    _note(ctx, f"wrote {output} ({', '.join(result)}; {len(next(iter(result.values())).layers)} MoE layers)")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--criterion", "-c", default="aimer", show_default=True, help="aimer, magnitude or random.")
+@click.option("--ratio", type=float, help=RATIO_HELP)
+@click.option("--prune", "n_prune", type=int, help="Experts removed per MoE layer (instead of --ratio).")
+@click.option("--scores", "scores_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Use scores from this scores.json instead of scoring now.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random criterion.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the pruned checkpoint (must not exist unless --overwrite).")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard (5GB, 500MB, 2GiB).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT, once the new checkpoint is complete.")
+@click.pass_context
+def prune(ctx: click.Context, model: str, criterion: str, ratio: float | None, n_prune: int | None,
+          scores_file: Path | None, seed: int, output: Path, max_shard_size: str, dry_run: bool,
+          overwrite: bool) -> None:
+    """Remove the lowest-value routed experts from every MoE layer and write the checkpoint."""
+    from moeprune.api import prune as run
+
+    scores = _load_scores(scores_file) if scores_file else None
+    bars = _Progress(ctx.obj["quiet"])
+    try:
+        made = run(model, output, criterion if scores is None else scores.criterion, ratio=ratio, n_prune=n_prune,
+                   seed=seed, scores=scores, overwrite=overwrite, max_shard_size=max_shard_size,
+                   dry_run=dry_run, progress=bars)
+    finally:
+        bars.close()
+    head = (f"{made.criterion} ({made.direction.replace('_', ' ')}): {made.n_pruned} of {made.n_experts} experts "
+            f"removed in each of {len(made.layers)} MoE layers (effective ratio {made.n_pruned / made.n_experts:.4g})")
+    if dry_run or ctx.obj["verbose"]:
+        click.echo(("dry run, nothing written. " if dry_run else "") + head)
+        for i, lp in made.layers.items():
+            click.echo(f"  layer {i}: prune {lp.pruned}")
+    if not dry_run:
+        _note(ctx, f"{head}\nwrote {output}")
+
+
+def _load_scores(path: Path) -> Any:
+    from moeprune.api import Scores
+    from moeprune.errors import InputError
+
+    try:
+        data = json.loads(path.read_text())
+        if "criteria" in data:
+            raise InputError(f"{path} holds several criteria; write one with `moeprune score --criterion NAME`")
+        return Scores.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{path}: not a moeprune scores.json ({e.__class__.__name__})") from None
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("pruned")
+@click.option("--seq-len", default=32, show_default=True, help="Tokens per sequence of the test batch.")
+@click.option("--batch", default=2, show_default=True, help="Sequences in the test batch.")
+@click.option("--tolerance", default=1e-4, show_default=True, help="Largest |logit difference| accepted.")
+@click.pass_context
+def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int, tolerance: float) -> None:
+    """Check PRUNED equals MODEL with the removed experts masked (float32, CPU)."""
+    from moeprune.errors import VerificationError
+    from moeprune.verify import verify as run
+
+    _note(ctx, "loading both checkpoints in float32 on CPU ...")
+    r = run(model, pruned, batch=batch, seq_len=seq_len, tolerance=tolerance)
+    line = (f"max |Δlogit| = {r.max_abs_diff:.3g} over {r.tokens} tokens (logits up to {r.max_abs_logit:.3g}; "
+            f"{r.layers_masked} MoE layers masked; tolerance {r.tolerance:g})")
+    if not r.ok:
+        raise VerificationError(f"MISMATCH: {line}")
+    click.echo(f"OK: {line}")
+
+
+@cli.command("make-tiny")
+@click.argument("family")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--max-shard-size", default="5GB", show_default=True)
+@click.pass_context
+def make_tiny(ctx: click.Context, family: str, directory: Path, seed: int, dtype: str, max_shard_size: str) -> None:
+    """Write a tiny random checkpoint of FAMILY (needs transformers) to DIRECTORY."""
+    from moeprune.tiny import make_tiny as run
+
+    run(family, directory, seed=seed, dtype=dtype, max_shard_size=max_shard_size)
+    _note(ctx, f"wrote a tiny random {family} checkpoint to {directory}")
+
+
+@cli.command()
+def families() -> None:
+    """List the supported model families."""
+    from moeprune.arch.families import FAMILIES
+
+    for name, fam in sorted(FAMILIES.items()):
+        click.echo(f"{name:16} {fam.notes}")
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        cli.main(args=argv, prog_name="moeprune", standalone_mode=False)
+    except MoePruneError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("interrupted; nothing was written", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing was written", err=True)
+        sys.exit(130)
+    except OSError as e:
+        click.echo(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", err=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Checkpoint files: lazy reading, streaming writing, and the pruning rewrite between them."""

@@ -1,0 +1,137 @@
+"""The safetensors file format, parsed and written directly (no whole-file mapping).
+
+A file is an 8-byte little-endian header length N, N bytes of JSON header (tensor name ->
+dtype, shape, data_offsets relative to the data section; optional ``__metadata__``), then the
+data section. Parsing validates every entry against the file size, so truncated or corrupt
+files are caught before any tensor is used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from moeprune.errors import InputError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+}
+ITEMSIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in DTYPES.items()}
+ITEMSIZE["F8_E8M0"] = 1
+DTYPE_NAMES = {dt: name for name, dt in DTYPES.items()}
+
+MAX_HEADER = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, dtype name, shape and absolute byte range."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE[self.dtype]
+
+    def row_bytes(self) -> int:
+        """Bytes of one slice along the first axis."""
+        return self.nbytes // self.shape[0] if self.shape and self.shape[0] else 0
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and validate a safetensors header: ``({name: TensorInfo}, metadata)``."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise InputError(f"{path}: not a safetensors file (only {size} bytes)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER or 8 + n > size:
+                raise InputError(f"{path}: corrupt safetensors header (header length {n}, file {size} bytes)")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found (missing shard?)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: corrupt safetensors header ({e.__class__.__name__})") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    base = 8 + n
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        try:
+            dtype, shape, (lo, hi) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
+            lo, hi = int(lo), int(hi)
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path}: corrupt safetensors header entry for {name!r}") from None
+        if dtype not in ITEMSIZE:
+            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        if hi - lo != math.prod(shape) * ITEMSIZE[dtype] or lo < 0:
+            raise InputError(f"{path}: corrupt safetensors header: {name!r} byte range does not match its shape")
+        if base + hi > size:
+            raise InputError(
+                f"{path}: file is truncated ({size} bytes, tensor {name!r} needs {base + hi}); re-download it"
+            )
+        tensors[name] = TensorInfo(path, dtype, shape, base + lo, base + hi)
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def encode_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:
+    """Header bytes for tensors laid out back to back in the given order.
+
+    ``entries`` are ``(name, dtype, shape, nbytes)``; the result is padded with spaces to a
+    multiple of 8 bytes, as the reference implementation does.
+    """
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, dtype, shape, nbytes in entries:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    body = json.dumps(header, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)
+    return struct.pack("<Q", len(body)) + body
+
+
+def read_bytes(fd: int, start: int, nbytes: int, out: bytearray | memoryview | None = None) -> memoryview:
+    """Read exactly ``nbytes`` at ``start`` (pread loop) into ``out`` or a new buffer."""
+    buf = memoryview(out if out is not None else bytearray(nbytes))[:nbytes]
+    got = 0
+    while got < nbytes:
+        n = os.preadv(fd, [buf[got:]], start + got)
+        if n == 0:
+            raise InputError(f"unexpected end of file while reading {nbytes} bytes at offset {start}")
+        got += n
+    return buf

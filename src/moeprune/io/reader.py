@@ -1,0 +1,177 @@
+"""Lazy access to a Hugging Face checkpoint: a local folder or a hub id.
+
+`Checkpoint` parses config.json and every safetensors header (validating each against its file),
+then reads tensors, or slices of them along the first axis, on demand with ``pread``: one
+tensor (or one slice) in memory at a time, no file mapped, the input never opened for writing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moeprune.errors import InputError
+from moeprune.io.format import DTYPES, TensorInfo, read_bytes, read_header
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def resolve(model: str | os.PathLike[str], *, weights: bool = True) -> Path:
+    """A local folder for ``model``: the folder itself, or a hub snapshot (downloaded)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    text = str(model)
+    if path.exists():
+        raise InputError(f"{text}: is a file; give the checkpoint folder")
+    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        raise InputError(f"{text}: no such folder (and not a Hugging Face hub id like org/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.txt", "*.model", "*.jinja", "*.py", "*.md"]
+        if weights:
+            patterns.append("*.safetensors")
+        return Path(snapshot_download(text, allow_patterns=patterns))
+    except Exception as e:  # hub errors are many; every one means the same thing here
+        raise InputError(
+            f"{text}: could not fetch from the Hugging Face hub ({e.__class__.__name__}); "
+            "check the id, your network or HF_TOKEN, or pass a local folder"
+        ) from None
+
+
+class Checkpoint:
+    """A checkpoint's config and tensor table; tensors are read lazily."""
+
+    def __init__(self, path: Path, config: dict[str, Any], tensors: dict[str, TensorInfo],
+                 metadata: dict[str, str]):
+        self.path = path
+        self.config = config
+        self.tensors = tensors
+        self.metadata = metadata
+        self._fds: dict[Path, int] = {}
+
+    @classmethod
+    def open(cls, model: str | os.PathLike[str], *, weights: bool = True) -> Checkpoint:
+        path = resolve(model, weights=weights)
+        config = load_config(path)
+        files, expected = _weight_files(path)
+        tensors: dict[str, TensorInfo] = {}
+        metadata: dict[str, str] = {}
+        for file in files:
+            found, meta = read_header(file)
+            metadata.update(meta)
+            for name, info in found.items():
+                if name in tensors:
+                    raise InputError(f"{path}: tensor {name!r} appears in two shards")
+                tensors[name] = info
+        if expected is not None:
+            for name, fname in expected.items():
+                info = tensors.get(name)
+                if info is None or info.file.name != fname:
+                    raise InputError(
+                        f"{path / INDEX}: names tensor {name!r} in {fname}, but that shard does not hold it"
+                    )
+            tensors = {name: tensors[name] for name in expected}
+        return cls(path, config, tensors, metadata)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _fd(self, file: Path) -> int:
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        return fd
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise InputError(f"{self.path}: tensor {name!r} not found in the checkpoint") from None
+
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor ``name`` (or rows ``lo:hi`` of its first axis) as a new CPU tensor."""
+        info = self.info(name)
+        shape = list(info.shape)
+        start, nbytes = info.start, info.nbytes
+        if rows is not None:
+            lo, hi = rows
+            row = info.row_bytes()
+            start, nbytes, shape[0] = info.start + lo * row, (hi - lo) * row, hi - lo
+        buf = read_bytes(self._fd(info.file), start, nbytes)
+        if info.dtype not in DTYPES:  # e.g. F8_E8M0 scales: raw bytes
+            return torch.frombuffer(buf, dtype=torch.uint8).view(shape) if nbytes else torch.empty(shape)
+        dtype = DTYPES[info.dtype]
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).view(shape)
+
+    def read_flat(self, name: str, first: int, count: int) -> torch.Tensor:
+        """Elements ``first : first + count`` of tensor ``name`` (row-major), as a 1-D tensor."""
+        info = self.info(name)
+        size = info.itemsize
+        buf = read_bytes(self._fd(info.file), info.start + first * size, count * size)
+        return torch.frombuffer(buf, dtype=DTYPES[info.dtype]) if count else torch.empty(0, dtype=DTYPES[info.dtype])
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    file = path / "config.json"
+    if not file.is_file():
+        raise InputError(f"{path}: no config.json (is this a Hugging Face checkpoint folder?)")
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{file}: not a JSON object")
+    return config
+
+
+def _weight_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The safetensors files to read, and the index's name -> file map when there is one."""
+    index = path / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"{index}: not a valid safetensors index ({e.__class__.__name__})") from None
+        files = sorted({str(f) for f in weight_map.values()})
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise InputError(f"{path}: shard {missing[0]} named by {INDEX} is missing ({len(missing)} missing)")
+        return [path / f for f in files], dict(weight_map)
+    if (path / SINGLE).is_file():
+        return [path / SINGLE], None
+    files = sorted(path.glob("model*.safetensors"))
+    if files:
+        return files, None
+    if any((path / n).exists() for n in PICKLE_NAMES) or list(path.glob("pytorch_model*.bin")):
+        raise InputError(
+            f"{path}: holds only pickle (.bin) weights, which moeprune never unpickles; convert them first: "
+            f"python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{path}').save_pretrained('{path}-safetensors')\""
+        )
+    raise InputError(f"{path}: no safetensors weights (model.safetensors or {INDEX})")

@@ -1,0 +1,154 @@
+"""The pruning rewrite: which output tensor comes from which input bytes, and the new config.
+
+For every MoE layer in the plan: per-expert tensors of removed experts are dropped and the kept
+ones renumbered 0..K-1 in their original order; fused tensors, router rows and every per-expert
+bias are indexed along their expert axis with the same kept list; all other tensors (shared
+experts, attention, norms, dense layers) are copied byte for byte. The expert count is rewritten
+under every config key the source used.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moeprune.arch.layout import MoeLayer, MoeModel, text_config
+from moeprune.errors import InputError
+from moeprune.io.format import DTYPE_NAMES, TensorInfo
+from moeprune.io.reader import INDEX, SINGLE, Checkpoint
+from moeprune.io.writer import OutTensor, Range
+from moeprune.plan import PrunePlan
+
+WEIGHT_FILES = re.compile(r"^(model.*\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin(\.index\.json)?)$")
+REWRITTEN = {"config.json", "README.md"}
+
+
+def output_tensors(ckpt: Checkpoint, model: MoeModel, plan: PrunePlan) -> list[OutTensor]:
+    """Every output tensor with its byte source, in input file order."""
+    roles: dict[str, tuple[MoeLayer, str, Any]] = {}
+    for layer in model.layers:
+        if layer.index not in plan.layers:
+            raise InputError(f"the plan has no entry for MoE layer {layer.index}")
+        for j, names in layer.per_expert.items():
+            for name in names:
+                roles[name] = (layer, "expert", j)
+        for name in layer.fused:
+            roles[name] = (layer, "axis", 0)
+        for name, axis in layer.sliced:
+            roles[name] = (layer, "axis", axis)
+
+    out: list[OutTensor] = []
+    order = sorted(ckpt.tensors.items(), key=lambda kv: (str(kv[1].file), kv[1].start))
+    for name, info in order:
+        role = roles.get(name)
+        if role is None:
+            out.append(OutTensor(name, info.dtype, info.shape, [(info.file, info.start, info.nbytes)], nbytes=info.nbytes))
+            continue
+        layer, kind, arg = role
+        lp = plan.layers[layer.index]
+        if kind == "expert":
+            if arg in lp.pruned:
+                continue
+            new = renumber(name, arg, lp.kept.index(arg), model, layer)
+            out.append(OutTensor(new, info.dtype, info.shape, [(info.file, info.start, info.nbytes)], nbytes=info.nbytes))
+        else:
+            out.append(_sliced(ckpt, name, info, arg, lp.kept))
+    return out
+
+
+def renumber(name: str, old: int, new: int, model: MoeModel, layer: MoeLayer) -> str:
+    prefix = model.family.block_prefix(layer.index) + model.family.experts + "."
+    head = f"{prefix}{old}."
+    assert name.startswith(head), name
+    return f"{prefix}{new}." + name[len(head) :]
+
+
+def _sliced(ckpt: Checkpoint, name: str, info: TensorInfo, axis: int, kept: list[int]) -> OutTensor:
+    shape = list(info.shape)
+    shape[axis] = len(kept)
+    nbytes = info.nbytes // info.shape[axis] * len(kept)
+    if axis == 0:
+        return OutTensor(name, info.dtype, tuple(shape), _row_ranges(info, kept), nbytes=nbytes)
+
+    def make() -> bytes:
+        t = ckpt.read(name).index_select(axis, torch.tensor(kept)).contiguous()
+        return t.view(torch.uint8).numpy().tobytes()
+
+    return OutTensor(name, info.dtype, tuple(shape), make=make, nbytes=nbytes)
+
+
+def _row_ranges(info: TensorInfo, kept: list[int]) -> list[Range]:
+    """Byte ranges of rows ``kept`` (ascending) along axis 0, adjacent rows merged."""
+    row = info.row_bytes()
+    ranges: list[Range] = []
+    for j in kept:
+        start = info.start + j * row
+        if ranges and ranges[-1][1] + ranges[-1][2] == start:
+            f, s, n = ranges[-1]
+            ranges[-1] = (f, s, n + row)
+        else:
+            ranges.append((info.file, start, row))
+    return ranges
+
+
+def pruned_config(model: MoeModel, n_kept: int) -> dict[str, Any]:
+    """config.json with the new expert count under every count key the source used."""
+    config = copy.deepcopy(model.config)
+    text = text_config(config, model.family)
+    for key in model.family.count_keys:
+        if text.get(key) is not None:
+            text[key] = n_kept
+    return config
+
+
+def copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Copy tokenizer, generation config and other top-level non-weight files."""
+    copied = []
+    for f in sorted(src.iterdir()):
+        if not f.is_file() or f.name.startswith(".") or f.name in REWRITTEN or WEIGHT_FILES.match(f.name):
+            continue
+        if f.name in (INDEX, SINGLE):
+            continue
+        shutil.copy(f, dst / f.name)
+        copied.append(f.name)
+    return copied
+
+
+def model_card(source: str, plan: PrunePlan, model: MoeModel, original: str | None) -> str:
+    """README.md of the pruned checkpoint: what was done, then the original card's body."""
+    front: list[str] = []
+    body = original or ""
+    if body.startswith("---\n"):
+        end = body.find("\n---", 4)
+        if end > 0:
+            front = [ln for ln in body[4:end].splitlines() if not ln.startswith("base_model")]
+            body = body[end + 4 :].lstrip("\n")
+    lines = ["---", *front, f"base_model: {source}", "tags:", "- moeprune", "- moe-expert-pruning", "---", ""]
+    lines += [
+        f"# {Path(source).name} with {plan.n_pruned} of {plan.n_experts} routed experts pruned per layer",
+        "",
+        f"Pruned from `{source}` by [moeprune](https://pypi.org/project/moeprune/) in one shot, no retraining.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| criterion | `{plan.criterion}` ({plan.direction.replace('_', ' ')}) |",
+        f"| ratio | {plan.ratio} ({plan.n_pruned} removed, {plan.n_kept} kept in each of {len(plan.layers)} MoE layers) |",
+        f"| family | `{model.family.model_type}`, top-k {model.top_k} (unchanged) |",
+        "",
+        "`moeprune_plan.json` lists the original ids kept and pruned in every layer; kept experts are",
+        "renumbered 0..K-1 in their original order. `scores.csv` holds every expert's score and rank.",
+        "Check the result with `moeprune verify ORIGINAL THIS_FOLDER`.",
+        "",
+    ]
+    if body.strip():
+        lines += ["## Original model card", "", body]
+    return "\n".join(lines)
+
+
+def dtype_name(t: torch.Tensor) -> str:
+    return DTYPE_NAMES[t.dtype]

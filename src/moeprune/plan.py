@@ -1,0 +1,164 @@
+"""The pruning plan: how many experts each MoE layer loses and which ones.
+
+Rules (docs/criteria.md): ``--ratio r`` removes ``p`` = the integer nearest to ``r * E`` experts
+from every MoE layer (exact halves round down, i.e. under-prune); ``--prune p`` gives p directly.
+The same p in every layer, since a config holds one expert count. Kept experts must still cover
+top-k; group-limited routers lose p / n_group experts from every group. Within a layer, experts
+are ranked by score in the criterion's direction; ties go to the lower expert id first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from moeprune.arch.spec import Groups
+from moeprune.errors import InputError, PlanError
+
+HIGHER_PRUNED = "higher_pruned"
+LOWER_PRUNED = "lower_pruned"
+
+
+@dataclass
+class LayerPlan:
+    kept: list[int]
+    pruned: list[int]
+
+
+@dataclass
+class PrunePlan:
+    """Per MoE layer: the original ids kept and pruned, with the scores that chose them."""
+
+    criterion: str
+    direction: str
+    ratio: float
+    n_experts: int
+    layers: dict[int, LayerPlan]
+    scores: dict[int, list[float]]
+
+    @property
+    def n_pruned(self) -> int:
+        return len(next(iter(self.layers.values())).pruned)
+
+    @property
+    def n_kept(self) -> int:
+        return self.n_experts - self.n_pruned
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "criterion": self.criterion,
+            "direction": self.direction,
+            "ratio": self.ratio,
+            "n_experts": self.n_experts,
+            "n_pruned_per_layer": self.n_pruned,
+            "layers": {str(i): {"kept": lp.kept, "pruned": lp.pruned} for i, lp in self.layers.items()},
+        }
+
+    def save(self, folder: Path) -> None:
+        """``moeprune_plan.json`` and ``scores.csv`` (layer, expert, score, rank, pruned)."""
+        (folder / "moeprune_plan.json").write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        lines = ["layer,expert,score,rank,pruned"]
+        for i, scores in self.scores.items():
+            ranks = rank_for_pruning(scores, self.direction)
+            pruned = set(self.layers[i].pruned)
+            for j, s in enumerate(scores):
+                lines.append(f"{i},{j},{s!r},{ranks[j]},{int(j in pruned)}")
+        (folder / "scores.csv").write_text("\n".join(lines) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> PrunePlan:
+        try:
+            d = json.loads(Path(path).read_text())
+            layers = {int(i): LayerPlan(list(v["kept"]), list(v["pruned"])) for i, v in d["layers"].items()}
+            return cls(d["criterion"], d["direction"], d["ratio"], d["n_experts"], layers, {})
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{path}: not a moeprune plan ({e.__class__.__name__})") from None
+
+
+def n_to_prune(n_experts: int, ratio: float | None = None, prune: int | None = None) -> int:
+    """Experts removed per layer: ``prune``, or the integer nearest to ``ratio * n_experts``
+    with exact halves rounded down."""
+    if (ratio is None) == (prune is None):
+        raise PlanError("give exactly one of --ratio or --prune")
+    if prune is not None:
+        if prune < 1:
+            raise PlanError(f"--prune must be at least 1 (got {prune})")
+        return prune
+    assert ratio is not None
+    if not 0 < ratio < 1:
+        raise PlanError(f"--ratio must be between 0 and 1, exclusive (got {ratio})")
+    exact = Fraction(str(ratio)) * n_experts
+    p = math.ceil(exact - Fraction(1, 2))
+    if p < 1:
+        raise PlanError(
+            f"--ratio {ratio} of {n_experts} experts rounds to 0 removed per layer; "
+            f"the smallest ratio that removes one is {1 / n_experts:.4g}"
+        )
+    return p
+
+
+def check_feasible(n_experts: int, top_k: int, p: int, groups: Groups | None) -> None:
+    """Fail before any weight is touched if removing p per layer breaks routing."""
+    kept = n_experts - p
+    if kept < top_k:
+        raise PlanError(
+            f"removing {p} of {n_experts} experts leaves {kept}, fewer than top-k = {top_k}; "
+            f"remove at most {n_experts - top_k} per layer"
+        )
+    if groups is None:
+        return
+    g = groups.n_group
+    per_group = n_experts // g
+    if n_experts % g:
+        raise PlanError(f"{n_experts} experts do not split into n_group = {g} equal groups")
+    if p % g:
+        lo, hi = p - p % g, p + g - p % g
+        raise PlanError(
+            f"this router has {g} expert groups; the number removed per layer must be a multiple of {g} "
+            f"so every group loses the same number (got {p}; nearest: {lo or hi} or {hi})"
+        )
+    left = per_group - p // g
+    if left < groups.min_per_group:
+        raise PlanError(
+            f"removing {p} leaves {left} expert(s) per group; this router needs at least {groups.min_per_group}"
+        )
+    if groups.topk_group * left < top_k:
+        raise PlanError(
+            f"removing {p} leaves {groups.topk_group} groups x {left} experts reachable per token, "
+            f"fewer than top-k = {top_k}"
+        )
+
+
+def rank_for_pruning(scores: list[float], direction: str) -> list[int]:
+    """Rank of each expert in pruning order (0 = pruned first); ties: lower id first."""
+    sign = -1.0 if direction == HIGHER_PRUNED else 1.0
+    order = sorted(range(len(scores)), key=lambda j: (sign * scores[j], j))
+    ranks = [0] * len(scores)
+    for r, j in enumerate(order):
+        ranks[j] = r
+    return ranks
+
+
+def select(scores: list[float], direction: str, p: int, groups: Groups | None) -> LayerPlan:
+    """Choose the p experts to remove from one layer (p / n_group per group when grouped)."""
+    n = len(scores)
+    g = groups.n_group if groups else 1
+    size, per = n // g, p // g
+    pruned: list[int] = []
+    for start in range(0, n, size):
+        ids = list(range(start, start + size))
+        ranks = rank_for_pruning([scores[j] for j in ids], direction)
+        pruned += [ids[k] for k in range(size) if ranks[k] < per]
+    pruned.sort()
+    return LayerPlan(kept=[j for j in range(n) if j not in set(pruned)], pruned=pruned)
+
+
+def make_plan(criterion: str, direction: str, scores: dict[int, list[float]], n_experts: int, top_k: int,
+              p: int, groups: Groups | None) -> PrunePlan:
+    check_feasible(n_experts, top_k, p, groups)
+    layers = {i: select(s, direction, p, groups) for i, s in scores.items()}
+    return PrunePlan(criterion, direction, round(p / n_experts, 6), n_experts, layers, scores)

@@ -1,0 +1,1 @@
+"""Expert scores: weight criteria (streamed from the checkpoint) and, later, statistics criteria."""

@@ -1,0 +1,120 @@
+"""Proof that a pruned checkpoint equals its original with the removed experts masked.
+
+Both checkpoints are loaded with transformers on CPU in float32. In the original, removed
+experts are masked out of every MoE layer's router: their router logits get -inf (intercepted
+where the router computes them, so every routing rule downstream sees the mask), and for routers
+that select on score + bias, their selection-bias entries are set to -inf as well, because a
+sigmoid of -inf plus a finite bias can still be chosen. The two models' logits on a fixed random
+token batch must agree to ``atol``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moeprune.arch.families import family_for_config
+from moeprune.arch.layout import text_config
+from moeprune.errors import InputError
+from moeprune.io.reader import load_config, resolve
+from moeprune.plan import PrunePlan
+
+TOLERANCE = 1e-4
+
+
+@dataclass
+class VerifyResult:
+    max_abs_diff: float
+    max_abs_logit: float
+    layers_masked: int
+    tokens: int
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def load_causal_lm(path: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu")
+    return model.eval()
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder's ``layers`` ModuleList (the first one, outermost first)."""
+    import torch
+
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
+            return module
+    raise InputError("cannot find the decoder layers of the loaded model")
+
+
+def masked_forward(model: Any, config: dict[str, Any], plan: PrunePlan, ids: Any) -> Any:
+    """Logits of ``model`` with ``plan``'s pruned experts masked out of every router."""
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    family = family_for_config(config)
+    layers = decoder_layers(model)
+    masks: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for i, lp in plan.layers.items():
+            if i >= len(layers):  # MTP layers are not loaded by transformers
+                continue
+            layer = layers[i]
+            router = layer.get_submodule(family.mem_router)
+            mask = torch.zeros(plan.n_experts)
+            mask[lp.pruned] = float("-inf")
+            masks[router.weight.data_ptr()] = mask
+            if family.mem_bias is not None:
+                bias = _tensor(layer, family.mem_bias)
+                bias[..., lp.pruned] = float("-inf")
+
+    class MaskRouters(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            if func is F.linear:
+                weight = args[1] if len(args) > 1 else (kwargs or {}).get("weight")
+                mask = masks.get(weight.data_ptr()) if isinstance(weight, torch.Tensor) else None
+                if mask is not None:
+                    out = out + mask.to(out.dtype)
+            return out
+
+    with torch.no_grad(), MaskRouters():
+        return model(ids).logits
+
+
+def _tensor(module: Any, path: str) -> Any:
+    owner, _, name = path.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, name)
+
+
+def verify(original: str | os.PathLike[str], pruned: str | os.PathLike[str], *, batch: int = 2,
+           seq_len: int = 32, seed: int = 0, tolerance: float = TOLERANCE) -> VerifyResult:
+    """Compare ``pruned`` with ``original`` masked as its ``moeprune_plan.json`` says."""
+    import torch
+
+    src, out = resolve(original), resolve(pruned)
+    plan_file = out / "moeprune_plan.json"
+    if not plan_file.is_file():
+        raise InputError(f"{out}: no moeprune_plan.json (not a folder written by moeprune prune)")
+    plan = PrunePlan.load(plan_file)
+    config = load_config(src)
+    text = text_config(config, family_for_config(config))
+    vocab = int(text["vocab_size"])
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+    reference = masked_forward(load_causal_lm(src), config, plan, ids)
+    with torch.no_grad():
+        got = load_causal_lm(out)(ids).logits
+    if got.shape != reference.shape:
+        raise InputError(f"logit shapes differ: pruned {list(got.shape)} vs original {list(reference.shape)}")
+    diff = float((got - reference).abs().max())
+    masked = sum(1 for i in plan.layers if i < int(text["num_hidden_layers"]))
+    return VerifyResult(diff, float(reference.abs().max()), masked, batch * seq_len, tolerance)
