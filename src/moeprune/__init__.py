@@ -10,4 +10,15 @@ from moeprune.verify import verify
 
 __version__ = "0.1.0"
 
-__all__ = ["CRITERIA", "MoePruneError", "Scores", "__version__", "inspect", "make_tiny", "plan", "prune", "score", "verify"]
+__all__ = [
+    "CRITERIA",
+    "MoePruneError",
+    "Scores",
+    "__version__",
+    "inspect",
+    "make_tiny",
+    "plan",
+    "prune",
+    "score",
+    "verify",
+]

@@ -37,8 +37,11 @@ class Scores:
     layers: dict[int, list[float]]
 
     def to_json(self) -> dict[str, Any]:
-        return {"criterion": self.criterion, "direction": self.direction,
-                "layers": {str(i): s for i, s in self.layers.items()}}
+        return {
+            "criterion": self.criterion,
+            "direction": self.direction,
+            "layers": {str(i): s for i, s in self.layers.items()},
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Scores:
@@ -51,8 +54,9 @@ def open_model(model: str | os.PathLike[str], *, weights: bool = True) -> tuple[
 
 
 def inspect(model: str | os.PathLike[str]) -> dict[str, Any]:
-    """Family, MoE layers, experts, top-k, layout and sizes, from config and headers only."""
-    ckpt, moe = open_model(model)
+    """Family, MoE layers, experts, top-k, layout and sizes, from config and headers only
+    (for a hub id, only config files and safetensors headers are fetched)."""
+    ckpt, moe = open_model(model, weights=False)
     with ckpt:
         expert_bytes = sum(layer_bytes(ckpt, layer) for layer in moe.layers)
         return {
@@ -63,9 +67,13 @@ def inspect(model: str | os.PathLike[str]) -> dict[str, Any]:
             "experts": moe.n_experts,
             "expert_count_key": moe.count_key,
             "top_k": moe.top_k,
-            "groups": None if moe.groups is None else {"n_group": moe.groups.n_group, "topk_group": moe.groups.topk_group},
+            "groups": None
+            if moe.groups is None
+            else {"n_group": moe.groups.n_group, "topk_group": moe.groups.topk_group},
             "layout": moe.layers[0].layout,
-            "dtypes": sorted({ckpt.info(n).dtype for layer in moe.layers for n in layer.fused + sum(layer.per_expert.values(), [])}),
+            "dtypes": sorted(
+                {ckpt.info(n).dtype for layer in moe.layers for n in layer.expert_tensors}
+            ),
             "total_bytes": ckpt.total_bytes,
             "routed_expert_bytes": expert_bytes,
             "bytes_per_expert": expert_bytes // (moe.n_experts * len(moe.layers)),
@@ -81,8 +89,9 @@ def _criteria(criterion: str) -> list[str]:
     return [criterion]
 
 
-def score(model: str | os.PathLike[str], criterion: str = "aimer", *, seed: int = 0,
-          progress: Progress | None = None) -> dict[str, Scores]:
+def score(
+    model: str | os.PathLike[str], criterion: str = "aimer", *, seed: int = 0, progress: Progress | None = None
+) -> dict[str, Scores]:
     """Scores of every routed expert with one criterion, or all of them (``"all"``) in one pass."""
     names = _criteria(criterion)
     ckpt, moe = open_model(model)
@@ -90,7 +99,9 @@ def score(model: str | os.PathLike[str], criterion: str = "aimer", *, seed: int 
         return _score(ckpt, moe, names, seed, progress)
 
 
-def _score(ckpt: Checkpoint, moe: MoeModel, names: list[str], seed: int, progress: Progress | None) -> dict[str, Scores]:
+def _score(
+    ckpt: Checkpoint, moe: MoeModel, names: list[str], seed: int, progress: Progress | None
+) -> dict[str, Scores]:
     from moeprune.scoring.weights import Moments
 
     if any(CRITERIA[n].needs_weights for n in names):
@@ -101,17 +112,32 @@ def _score(ckpt: Checkpoint, moe: MoeModel, names: list[str], seed: int, progres
     return {n: Scores(n, CRITERIA[n].direction, score_layers(moments, n, seed)) for n in names}
 
 
-def plan(model: str | os.PathLike[str], criterion: str = "aimer", *, ratio: float | None = None,
-         n_prune: int | None = None, seed: int = 0, scores: Scores | None = None,
-         progress: Progress | None = None) -> PrunePlan:
+def plan(
+    model: str | os.PathLike[str],
+    criterion: str = "aimer",
+    *,
+    ratio: float | None = None,
+    n_prune: int | None = None,
+    seed: int = 0,
+    scores: Scores | None = None,
+    progress: Progress | None = None,
+) -> PrunePlan:
     """The pruning plan (validated) without writing anything."""
     ckpt, moe = open_model(model)
     with ckpt:
         return _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, progress)
 
 
-def _plan(ckpt: Checkpoint, moe: MoeModel, criterion: str, ratio: float | None, n_prune: int | None,
-          seed: int, scores: Scores | None, progress: Progress | None) -> PrunePlan:
+def _plan(
+    ckpt: Checkpoint,
+    moe: MoeModel,
+    criterion: str,
+    ratio: float | None,
+    n_prune: int | None,
+    seed: int,
+    scores: Scores | None,
+    progress: Progress | None,
+) -> PrunePlan:
     p = n_to_prune(moe.n_experts, ratio, n_prune)
     from moeprune.plan import check_feasible
 
@@ -126,10 +152,20 @@ def _plan(ckpt: Checkpoint, moe: MoeModel, criterion: str, ratio: float | None, 
     return made
 
 
-def prune(model: str | os.PathLike[str], out: str | os.PathLike[str], criterion: str = "aimer", *,
-          ratio: float | None = None, n_prune: int | None = None, seed: int = 0, scores: Scores | None = None,
-          overwrite: bool = False, max_shard_size: str | int = "5GB", dry_run: bool = False,
-          progress: Progress | None = None) -> PrunePlan:
+def prune(
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    criterion: str = "aimer",
+    *,
+    ratio: float | None = None,
+    n_prune: int | None = None,
+    seed: int = 0,
+    scores: Scores | None = None,
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> PrunePlan:
     """Score, select and write the pruned checkpoint to ``out`` (atomically)."""
     out = Path(out)
     max_bytes = parse_size(max_shard_size)
@@ -147,8 +183,13 @@ def prune(model: str | os.PathLike[str], out: str | os.PathLike[str], criterion:
         tensors = surgery.output_tensors(ckpt, moe, made)
         total = sum(t.nbytes for t in tensors)
         with atomic_folder(out, overwrite) as tmp:
-            write_checkpoint(tmp, tensors, {"format": "pt", **ckpt.metadata}, max_bytes,
-                             None if progress is None else lambda b: progress("write", b, total))
+            write_checkpoint(
+                tmp,
+                tensors,
+                {"format": "pt", **ckpt.metadata},
+                max_bytes,
+                None if progress is None else lambda b: progress("write", b, total),
+            )
             (tmp / "config.json").write_text(json.dumps(surgery.pruned_config(moe, made.n_kept), indent=2) + "\n")
             surgery.copy_side_files(ckpt.path, tmp)
             readme = ckpt.path / "README.md"

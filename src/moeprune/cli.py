@@ -37,8 +37,15 @@ class _Progress:
 
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="B", unit_scale=True, unit_divisor=1024,
-                                          file=sys.stderr, dynamic_ncols=True)
+            bar = self.bars[stage] = tqdm(
+                total=total,
+                desc=stage,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
         bar.update(advance)
 
     def close(self) -> None:
@@ -76,7 +83,6 @@ def inspect(model: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    gib = 1024**3
     groups = info["groups"]
     rows = [
         ("family", info["family"]),
@@ -85,12 +91,23 @@ def inspect(model: str, as_json: bool) -> None:
         ("top-k", info["top_k"]),
         ("groups", "none" if groups is None else f"n_group {groups['n_group']}, topk_group {groups['topk_group']}"),
         ("layout", f"{info['layout']}, {', '.join(info['dtypes'])}"),
-        ("size", f"{info['total_bytes'] / gib:.3f} GiB, routed experts {info['routed_expert_bytes'] / gib:.3f} GiB "
-                 f"({info['bytes_per_expert'] / 1024**2:.2f} MiB each)"),
+        (
+            "size",
+            f"{_human(info['total_bytes'])}, routed experts {_human(info['routed_expert_bytes'])} "
+            f"({_human(info['bytes_per_expert'])} each)",
+        ),
         ("files", f"{len(info['files'])} safetensors file(s)"),
     ]
     for k, v in rows:
         click.echo(f"{k:>15}: {v}")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
 
 
 def _ranges(ids: list[int]) -> str:
@@ -106,11 +123,17 @@ def _ranges(ids: list[int]) -> str:
 
 @cli.command()
 @click.argument("model")
-@click.option("--criterion", "-c", default="aimer", show_default=True,
-              help="aimer, magnitude, random, or all (every weight criterion in one pass).")
+@click.option(
+    "--criterion",
+    "-c",
+    default="aimer",
+    show_default=True,
+    help="aimer, magnitude, random, or all (every weight criterion in one pass).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random criterion.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="scores.json to write.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="scores.json to write."
+)
 @click.pass_context
 def score(ctx: click.Context, model: str, criterion: str, seed: int, output: Path) -> None:
     """Score every routed expert (writes scores.json)."""
@@ -140,31 +163,62 @@ def _write_json(path: Path, data: Any) -> None:
 @click.option("--criterion", "-c", default="aimer", show_default=True, help="aimer, magnitude or random.")
 @click.option("--ratio", type=float, help=RATIO_HELP)
 @click.option("--prune", "n_prune", type=int, help="Experts removed per MoE layer (instead of --ratio).")
-@click.option("--scores", "scores_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Use scores from this scores.json instead of scoring now.")
+@click.option(
+    "--scores",
+    "scores_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Use scores from this scores.json instead of scoring now.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random criterion.")
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for the pruned checkpoint (must not exist unless --overwrite).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the pruned checkpoint (must not exist unless --overwrite).",
+)
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard (5GB, 500MB, 2GiB).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT, once the new checkpoint is complete.")
 @click.pass_context
-def prune(ctx: click.Context, model: str, criterion: str, ratio: float | None, n_prune: int | None,
-          scores_file: Path | None, seed: int, output: Path, max_shard_size: str, dry_run: bool,
-          overwrite: bool) -> None:
+def prune(
+    ctx: click.Context,
+    model: str,
+    criterion: str,
+    ratio: float | None,
+    n_prune: int | None,
+    scores_file: Path | None,
+    seed: int,
+    output: Path,
+    max_shard_size: str,
+    dry_run: bool,
+    overwrite: bool,
+) -> None:
     """Remove the lowest-value routed experts from every MoE layer and write the checkpoint."""
     from moeprune.api import prune as run
 
     scores = _load_scores(scores_file) if scores_file else None
     bars = _Progress(ctx.obj["quiet"])
     try:
-        made = run(model, output, criterion if scores is None else scores.criterion, ratio=ratio, n_prune=n_prune,
-                   seed=seed, scores=scores, overwrite=overwrite, max_shard_size=max_shard_size,
-                   dry_run=dry_run, progress=bars)
+        made = run(
+            model,
+            output,
+            criterion if scores is None else scores.criterion,
+            ratio=ratio,
+            n_prune=n_prune,
+            seed=seed,
+            scores=scores,
+            overwrite=overwrite,
+            max_shard_size=max_shard_size,
+            dry_run=dry_run,
+            progress=bars,
+        )
     finally:
         bars.close()
-    head = (f"{made.criterion} ({made.direction.replace('_', ' ')}): {made.n_pruned} of {made.n_experts} experts "
-            f"removed in each of {len(made.layers)} MoE layers (effective ratio {made.n_pruned / made.n_experts:.4g})")
+    head = (
+        f"{made.criterion} ({made.direction.replace('_', ' ')}): {made.n_pruned} of {made.n_experts} experts "
+        f"removed in each of {len(made.layers)} MoE layers (effective ratio {made.n_pruned / made.n_experts:.4g})"
+    )
     if dry_run or ctx.obj["verbose"]:
         click.echo(("dry run, nothing written. " if dry_run else "") + head)
         for i, lp in made.layers.items():
@@ -200,8 +254,10 @@ def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int
 
     _note(ctx, "loading both checkpoints in float32 on CPU ...")
     r = run(model, pruned, batch=batch, seq_len=seq_len, tolerance=tolerance)
-    line = (f"max |Δlogit| = {r.max_abs_diff:.3g} over {r.tokens} tokens (logits up to {r.max_abs_logit:.3g}; "
-            f"{r.layers_masked} MoE layers masked; tolerance {r.tolerance:g})")
+    line = (
+        f"max |Δlogit| = {r.max_abs_diff:.3g} over {r.tokens} tokens (logits up to {r.max_abs_logit:.3g}; "
+        f"{r.layers_masked} MoE layers masked; tolerance {r.tolerance:g})"
+    )
     if not r.ok:
         raise VerificationError(f"MISMATCH: {line}")
     click.echo(f"OK: {line}")

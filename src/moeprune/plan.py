@@ -157,8 +157,15 @@ def select(scores: list[float], direction: str, p: int, groups: Groups | None) -
     return LayerPlan(kept=[j for j in range(n) if j not in set(pruned)], pruned=pruned)
 
 
-def make_plan(criterion: str, direction: str, scores: dict[int, list[float]], n_experts: int, top_k: int,
-              p: int, groups: Groups | None) -> PrunePlan:
+def make_plan(
+    criterion: str,
+    direction: str,
+    scores: dict[int, list[float]],
+    n_experts: int,
+    top_k: int,
+    p: int,
+    groups: Groups | None,
+) -> PrunePlan:
     check_feasible(n_experts, top_k, p, groups)
     layers = {i: select(s, direction, p, groups) for i, s in scores.items()}
     return PrunePlan(criterion, direction, round(p / n_experts, 6), n_experts, layers, scores)

@@ -15,9 +15,16 @@ from moeprune.arch.families import FAMILIES, supported
 from moeprune.errors import InputError, OutputError
 
 
-def make_tiny(family: str, out: str | os.PathLike[str], *, seed: int = 0, dtype: str = "float32",
-              max_shard_size: str | int = "5GB", overrides: dict[str, Any] | None = None,
-              noise: float = 0.05) -> Path:
+def make_tiny(
+    family: str,
+    out: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    max_shard_size: str | int = "5GB",
+    overrides: dict[str, Any] | None = None,
+    noise: float = 0.05,
+) -> Path:
     """Write a random ``family`` checkpoint to ``out`` and return its path."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText

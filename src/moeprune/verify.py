@@ -96,8 +96,15 @@ def _tensor(module: Any, path: str) -> Any:
     return getattr(module.get_submodule(owner) if owner else module, name)
 
 
-def verify(original: str | os.PathLike[str], pruned: str | os.PathLike[str], *, batch: int = 2,
-           seq_len: int = 32, seed: int = 0, tolerance: float = TOLERANCE) -> VerifyResult:
+def verify(
+    original: str | os.PathLike[str],
+    pruned: str | os.PathLike[str],
+    *,
+    batch: int = 2,
+    seq_len: int = 32,
+    seed: int = 0,
+    tolerance: float = TOLERANCE,
+) -> VerifyResult:
     """Compare ``pruned`` with ``original`` masked as its ``moeprune_plan.json`` says."""
     import torch
 

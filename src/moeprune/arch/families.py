@@ -262,7 +262,10 @@ _ENTRIES = [
         mem_router="mlp.gate",
         mem_bias="mlp.gate.e_score_correction_bias",
         tiny=_tiny(
-            n_routed_experts=8, moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
+            n_routed_experts=8,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
             **_E8K2,
         ),
         notes="as DeepSeek-V3 (sigmoid + correction bias)",

@@ -34,6 +34,11 @@ class MoeLayer:
     """Router and selection-bias tensors with one entry per expert along the given axis."""
 
     @property
+    def expert_tensors(self) -> list[str]:
+        """Every routed-expert tensor of the layer (per-expert and fused)."""
+        return [n for names in self.per_expert.values() for n in names] + self.fused
+
+    @property
     def layout(self) -> str:
         return "fused" if self.fused and not self.per_expert else "per-expert"
 

@@ -51,8 +51,7 @@ def resolve(model: str | os.PathLike[str], *, weights: bool = True) -> Path:
 class Checkpoint:
     """A checkpoint's config and tensor table; tensors are read lazily."""
 
-    def __init__(self, path: Path, config: dict[str, Any], tensors: dict[str, TensorInfo],
-                 metadata: dict[str, str]):
+    def __init__(self, path: Path, config: dict[str, Any], tensors: dict[str, TensorInfo], metadata: dict[str, str]):
         self.path = path
         self.config = config
         self.tensors = tensors
@@ -63,6 +62,9 @@ class Checkpoint:
     def open(cls, model: str | os.PathLike[str], *, weights: bool = True) -> Checkpoint:
         path = resolve(model, weights=weights)
         config = load_config(path)
+        remote = not Path(model).expanduser().is_dir()
+        if not weights and remote and not any(path.glob("*.safetensors")):  # hub id: headers only
+            return cls(path, config, _hub_headers(str(model), path), {})
         files, expected = _weight_files(path)
         tensors: dict[str, TensorInfo] = {}
         metadata: dict[str, str] = {}
@@ -75,8 +77,8 @@ class Checkpoint:
                 tensors[name] = info
         if expected is not None:
             for name, fname in expected.items():
-                info = tensors.get(name)
-                if info is None or info.file.name != fname:
+                held = tensors.get(name)
+                if held is None or held.file.name != fname:
                     raise InputError(
                         f"{path / INDEX}: names tensor {name!r} in {fname}, but that shard does not hold it"
                     )
@@ -137,6 +139,22 @@ class Checkpoint:
         return sum(t.nbytes for t in self.tensors.values())
 
 
+def _hub_headers(repo: str, path: Path) -> dict[str, TensorInfo]:
+    """Tensor table of a hub checkpoint from its safetensors headers only (HTTP range reads)."""
+    try:
+        from huggingface_hub import get_safetensors_metadata
+
+        meta = get_safetensors_metadata(repo)
+    except Exception as e:
+        raise InputError(f"{repo}: could not read safetensors headers from the hub ({e.__class__.__name__})") from None
+    tensors: dict[str, TensorInfo] = {}
+    for fname, fmeta in meta.files_metadata.items():
+        for name, t in fmeta.tensors.items():
+            lo, hi = t.data_offsets
+            tensors[name] = TensorInfo(path / fname, t.dtype, tuple(t.shape), lo, hi)
+    return tensors
+
+
 def load_config(path: Path) -> dict[str, Any]:
     file = path / "config.json"
     if not file.is_file():
@@ -165,13 +183,13 @@ def _weight_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
         return [path / f for f in files], dict(weight_map)
     if (path / SINGLE).is_file():
         return [path / SINGLE], None
-    files = sorted(path.glob("model*.safetensors"))
-    if files:
-        return files, None
+    shards = sorted(path.glob("model*.safetensors"))
+    if shards:
+        return shards, None
     if any((path / n).exists() for n in PICKLE_NAMES) or list(path.glob("pytorch_model*.bin")):
         raise InputError(
             f"{path}: holds only pickle (.bin) weights, which moeprune never unpickles; convert them first: "
-            f"python -c \"from transformers import AutoModelForCausalLM as M; "
+            f'python -c "from transformers import AutoModelForCausalLM as M; '
             f"M.from_pretrained('{path}').save_pretrained('{path}-safetensors')\""
         )
     raise InputError(f"{path}: no safetensors weights (model.safetensors or {INDEX})")

@@ -24,7 +24,9 @@ from moeprune.io.reader import INDEX, SINGLE, Checkpoint
 from moeprune.io.writer import OutTensor, Range
 from moeprune.plan import PrunePlan
 
-WEIGHT_FILES = re.compile(r"^(model.*\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin(\.index\.json)?)$")
+WEIGHT_FILES = re.compile(
+    r"^(model.*\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin(\.index\.json)?)$"
+)
 REWRITTEN = {"config.json", "README.md"}
 
 
@@ -47,7 +49,9 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, plan: PrunePlan) -> list[O
     for name, info in order:
         role = roles.get(name)
         if role is None:
-            out.append(OutTensor(name, info.dtype, info.shape, [(info.file, info.start, info.nbytes)], nbytes=info.nbytes))
+            out.append(
+                OutTensor(name, info.dtype, info.shape, [(info.file, info.start, info.nbytes)], nbytes=info.nbytes)
+            )
             continue
         layer, kind, arg = role
         lp = plan.layers[layer.index]
@@ -55,7 +59,9 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, plan: PrunePlan) -> list[O
             if arg in lp.pruned:
                 continue
             new = renumber(name, arg, lp.kept.index(arg), model, layer)
-            out.append(OutTensor(new, info.dtype, info.shape, [(info.file, info.start, info.nbytes)], nbytes=info.nbytes))
+            out.append(
+                OutTensor(new, info.dtype, info.shape, [(info.file, info.start, info.nbytes)], nbytes=info.nbytes)
+            )
         else:
             out.append(_sliced(ckpt, name, info, arg, lp.kept))
     return out
@@ -137,7 +143,8 @@ def model_card(source: str, plan: PrunePlan, model: MoeModel, original: str | No
         "| | |",
         "|---|---|",
         f"| criterion | `{plan.criterion}` ({plan.direction.replace('_', ' ')}) |",
-        f"| ratio | {plan.ratio} ({plan.n_pruned} removed, {plan.n_kept} kept in each of {len(plan.layers)} MoE layers) |",
+        f"| ratio | {plan.ratio} ({plan.n_pruned} removed, {plan.n_kept} kept per layer) |",
+        f"| MoE layers | {len(plan.layers)} |",
         f"| family | `{model.family.model_type}`, top-k {model.top_k} (unchanged) |",
         "",
         "`moeprune_plan.json` lists the original ids kept and pruned in every layer; kept experts are",

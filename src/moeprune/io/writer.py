@@ -66,8 +66,13 @@ def split_shards(tensors: list[OutTensor], max_bytes: int) -> list[list[OutTenso
     return shards
 
 
-def write_checkpoint(folder: Path, tensors: list[OutTensor], metadata: dict[str, str], max_bytes: int,
-                     progress: Callable[[int], None] | None = None) -> list[str]:
+def write_checkpoint(
+    folder: Path,
+    tensors: list[OutTensor],
+    metadata: dict[str, str],
+    max_bytes: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
     """Write shards (and an index when there is more than one) into ``folder``; return file names."""
     shards = split_shards(tensors, max_bytes)
     n = len(shards)
@@ -88,8 +93,13 @@ def write_checkpoint(folder: Path, tensors: list[OutTensor], metadata: dict[str,
     return names
 
 
-def _write_shard(path: Path, shard: list[OutTensor], metadata: dict[str, str], src_fds: dict[Path, int],
-                 progress: Callable[[int], None] | None) -> None:
+def _write_shard(
+    path: Path,
+    shard: list[OutTensor],
+    metadata: dict[str, str],
+    src_fds: dict[Path, int],
+    progress: Callable[[int], None] | None,
+) -> None:
     header = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], metadata)
     with open(path, "wb") as out:
         out.write(header)
@@ -131,7 +141,7 @@ def _copy_slow(src: int, dst: int, start: int, count: int) -> int:
     chunk = os.pread(src, min(count, 16 << 20), start)
     view = memoryview(chunk)
     while view:
-        view = view[os.write(dst, view):]
+        view = view[os.write(dst, view) :]
     return len(chunk)
 
 

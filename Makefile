@@ -1,0 +1,37 @@
+# One command each: `make demo` installs and runs the demo, `make test` installs and runs the tests.
+# torch is installed first and pinned: a bare requirement would pull several GB of CUDA wheels.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+DEMO ?= /tmp/moeprune-demo
+
+.PHONY: install test demo lint bench
+
+$(BIN)/moeprune: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/moeprune
+
+test: install
+	$(BIN)/python -m pytest -q -n 2
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
+
+demo: install
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN)/moeprune make-tiny qwen3_moe $(DEMO)/model
+	$(BIN)/moeprune inspect $(DEMO)/model
+	$(BIN)/moeprune score $(DEMO)/model --criterion all -o $(DEMO)/scores.json
+	$(BIN)/moeprune prune $(DEMO)/model --criterion aimer --ratio 0.5 -o $(DEMO)/pruned-aimer-50
+	$(BIN)/moeprune verify $(DEMO)/model $(DEMO)/pruned-aimer-50
+	$(BIN)/moeprune inspect $(DEMO)/pruned-aimer-50
+
+bench: install
+	$(BIN)/python benchmarks/bench_weights.py
