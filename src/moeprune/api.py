@@ -105,11 +105,27 @@ def _score(
     from moeprune.scoring.weights import Moments
 
     if any(CRITERIA[n].needs_weights for n in names):
+        _check_scorable(ckpt, moe)
         total = sum(layer_bytes(ckpt, layer) for layer in moe.layers)
         moments = weight_moments(ckpt, moe, None if progress is None else lambda b: progress("score", b, total))
     else:
         moments = {layer.index: Moments.zeros(moe.n_experts) for layer in moe.layers}
     return {n: Scores(n, CRITERIA[n].direction, score_layers(moments, n, seed)) for n in names}
+
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+
+
+def _check_scorable(ckpt: Checkpoint, moe: MoeModel) -> None:
+    """Weight criteria need plain float experts: quantized ones must be dequantized first."""
+    for layer in moe.layers:
+        for name in layer.expert_tensors:
+            dtype = ckpt.info(name).dtype
+            if dtype not in FLOAT_DTYPES or name.endswith(("_scale_inv", "_blocks", "_scales")):
+                raise InputError(
+                    f"{name!r} is quantized ({dtype}); weight criteria need dequantized experts, which this "
+                    "version does not do yet; use --criterion random or a bf16 checkpoint"
+                )
 
 
 def plan(

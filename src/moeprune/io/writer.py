@@ -101,16 +101,14 @@ def _write_shard(
     progress: Callable[[int], None] | None,
 ) -> None:
     header = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], metadata)
-    with open(path, "wb") as out:
-        out.write(header)
-        out.flush()
-        dst = out.fileno()
+    dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(dst, header)
         for t in shard:
             if t.make is not None:
                 data = t.make()
                 assert len(data) == t.nbytes, t.name
-                out.write(data)
-                out.flush()
+                _write_all(dst, data)
             else:
                 for file, start, count in t.ranges:
                     fd = src_fds.get(file)
@@ -120,6 +118,14 @@ def _write_shard(
             if progress is not None:
                 progress(t.nbytes)
         os.fsync(dst)
+    finally:
+        os.close(dst)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _copy(src: int, dst: int, start: int, count: int) -> None:
@@ -139,9 +145,7 @@ def _copy(src: int, dst: int, start: int, count: int) -> None:
 
 def _copy_slow(src: int, dst: int, start: int, count: int) -> int:
     chunk = os.pread(src, min(count, 16 << 20), start)
-    view = memoryview(chunk)
-    while view:
-        view = view[os.write(dst, view) :]
+    _write_all(dst, chunk)
     return len(chunk)
 
 
