@@ -8,6 +8,7 @@ library itself never prints.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from moeprune.errors import InputError, OutputError
 from moeprune.io import surgery
 from moeprune.io.reader import Checkpoint
 from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
-from moeprune.plan import PrunePlan, make_plan, n_to_prune
+from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, make_plan, n_to_prune
 from moeprune.scoring.weights import WEIGHT_CRITERIA, layer_bytes, score_layers, weight_moments
 
 Progress = Callable[[str, int, int], None]
@@ -159,10 +160,17 @@ def _plan(
 
     check_feasible(moe.n_experts, moe.top_k, p, moe.groups)  # before the (long) scoring pass
     if scores is None:
+        if criterion == "all":
+            raise InputError(f"pruning needs one criterion ({', '.join(CRITERIA)}); 'all' is for scoring only")
         scores = _score(ckpt, moe, _criteria(criterion), seed, progress)[criterion]
     want = {layer.index for layer in moe.layers}
     if set(scores.layers) != want or any(len(s) != moe.n_experts for s in scores.layers.values()):
         raise InputError(f"the scores do not match this model ({len(want)} MoE layers x {moe.n_experts} experts)")
+    if scores.direction not in (HIGHER_PRUNED, LOWER_PRUNED):
+        raise InputError(f"unknown score direction {scores.direction!r}; expected {HIGHER_PRUNED} or {LOWER_PRUNED}")
+    bad = next((i for i, s in scores.layers.items() if not all(math.isfinite(v) for v in s)), None)
+    if bad is not None:
+        raise InputError(f"the scores of layer {bad} are not all finite numbers")
     made = make_plan(scores.criterion, scores.direction, scores.layers, moe.n_experts, moe.top_k, p, moe.groups)
     made.ratio = ratio if ratio is not None else made.ratio
     return made
@@ -191,6 +199,8 @@ def prune(
         src = ckpt.path.resolve()
         if target == src or src in target.parents:
             raise OutputError(f"{out} is inside the input checkpoint {ckpt.path}; choose another output folder")
+        if target in src.parents:  # replacing it (--overwrite) would delete the input
+            raise OutputError(f"{out} contains the input checkpoint {ckpt.path}; choose another output folder")
         if target.exists() and not overwrite and not dry_run:
             raise OutputError(f"{out} already exists; pass --overwrite to replace it")
         made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, progress)

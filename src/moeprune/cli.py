@@ -253,6 +253,10 @@ def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int
     from moeprune.verify import verify as run
 
     _note(ctx, "loading both checkpoints in float32 on CPU ...")
+    if ctx.obj["quiet"]:  # -q: no progress bars, transformers' "Loading weights" included
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     r = run(model, pruned, batch=batch, seq_len=seq_len, tolerance=tolerance)
     line = (
         f"max |Δlogit| = {r.max_abs_diff:.3g} over {r.tokens} tokens (logits up to {r.max_abs_logit:.3g}; "
