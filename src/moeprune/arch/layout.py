@@ -25,6 +25,8 @@ class MoeLayer:
     """The expert tensors of one MoE layer (all names are full checkpoint keys)."""
 
     index: int
+    block: str
+    """Key prefix of the MoE block, e.g. ``model.layers.3.mlp.``."""
     router: str
     per_expert: dict[int, list[str]] = field(default_factory=dict)
     """Expert id -> its own tensors (``...experts.{j}.*``)."""
@@ -95,32 +97,47 @@ def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeMo
     if not moe_ids or n_experts <= 1:
         raise InputError(f"config.json describes no routed-expert layer ({family.model_type}); nothing to prune")
 
-    by_layer: dict[int, list[str]] = defaultdict(list)
-    pat = re.compile(re.escape(family.layers) + r"\.(\d+)\.")
-    for name in tensors:
-        m = pat.match(name)
-        if m:
-            by_layer[int(m.group(1))].append(name)
-
-    router_layers = {i for i, names in by_layer.items() if family.block_prefix(i) + family.router in names}
+    trunk = _by_layer(tensors, family.layers)
+    router_layers = {i for i, names in trunk.items() if _block(family, family.layers, i) + family.router in names}
     unexpected = sorted(router_layers - set(moe_ids) - set(range(n_layers, n_layers + 64)))
     if unexpected:
         raise InputError(
             f"layer {unexpected[0]} holds a router but config.json makes it a dense layer; "
             "the config does not match the weights"
         )
-    # extra layers past num_hidden_layers that hold experts (MTP / next-n layers) are pruned too
+    # layers past num_hidden_layers that hold experts (DeepSeek/GLM next-n, MTP) are pruned too,
+    # numbered after the decoder layers, so that serving engines see one expert count
     ids = sorted(set(moe_ids) | {i for i in router_layers if i >= n_layers})
-    layers = [_layer(family, i, by_layer.get(i, []), tensors, n_experts) for i in ids]
+    layers = [_layer(family, i, _block(family, family.layers, i), trunk.get(i, []), tensors, n_experts) for i in ids]
+    if family.mtp is not None:
+        mtp = _by_layer(tensors, family.mtp)
+        for k in sorted(mtp):
+            block = _block(family, family.mtp, k)
+            if block + family.router in mtp[k]:
+                layers.append(_layer(family, n_layers + k, block, mtp[k], tensors, n_experts))
     return MoeModel(family, config, n_experts, top_k, count_key, family.groups(text), layers, n_layers)
 
 
-def _layer(family: Family, i: int, names: list[str], tensors: Mapping[str, TensorInfo], n: int) -> MoeLayer:
-    block = family.block_prefix(i)
+def _by_layer(tensors: Mapping[str, TensorInfo], prefix: str) -> dict[int, list[str]]:
+    """Tensor names under ``prefix.{i}.``, grouped by i."""
+    found: dict[int, list[str]] = defaultdict(list)
+    pat = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    for name in tensors:
+        m = pat.match(name)
+        if m:
+            found[int(m.group(1))].append(name)
+    return found
+
+
+def _block(family: Family, prefix: str, i: int) -> str:
+    return f"{prefix}.{i}.{family.block}."
+
+
+def _layer(family: Family, i: int, block: str, names: list[str], tensors: Mapping[str, TensorInfo], n: int) -> MoeLayer:
     router = block + family.router
     if router not in tensors:
         raise InputError(f"layer {i}: router weight {router!r} not found in the checkpoint")
-    layer = MoeLayer(i, router)
+    layer = MoeLayer(i, block, router)
     _check_rows(tensors[router], router, n, 0)
     layer.sliced.append((router, 0))
     for rel, axis in family.sliced:

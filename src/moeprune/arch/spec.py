@@ -56,6 +56,9 @@ class Family:
     """Fused expert tensors (first axis = expert) that do not live under ``experts``."""
     layers: str = "model.layers"
     """Prefix of the decoder layers on disk."""
+    mtp: str | None = None
+    """Prefix of multi-token-prediction layers stored outside the decoder (``mtp.layers``); their
+    experts are pruned with the trunk's count and numbered after the decoder layers."""
     nested: bool = False
     """The language-model keys live in ``text_config``."""
     groups: Callable[[Config], Groups | None] = field(default=lambda cfg: None)
@@ -71,8 +74,3 @@ class Family:
     notes: str = ""
     """One line for the docs' family table."""
 
-    def layer_prefix(self, layer: int) -> str:
-        return f"{self.layers}.{layer}."
-
-    def block_prefix(self, layer: int) -> str:
-        return f"{self.layers}.{layer}.{self.block}."

@@ -68,7 +68,7 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, plan: PrunePlan) -> list[O
 
 
 def renumber(name: str, old: int, new: int, model: MoeModel, layer: MoeLayer) -> str:
-    prefix = model.family.block_prefix(layer.index) + model.family.experts + "."
+    prefix = layer.block + model.family.experts + "."
     head = f"{prefix}{old}."
     assert name.startswith(head), name
     return f"{prefix}{new}." + name[len(head) :]
