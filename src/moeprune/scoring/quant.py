@@ -1,0 +1,72 @@
+"""Pooled weight moments of quantized expert tensors, computed on the dequantized values.
+
+Weight criteria must see the real weights: per-block scales change relative magnitudes, so the
+raw codes cannot be scored. Both formats here factor per block, so the dequantized tensor is
+never built: with w = s_b * q inside block b, sum|w| = sum_b s_b sum_b|q| and
+sum w^2 = sum_b s_b^2 sum_b q^2, accumulated in float64.
+
+- FP8 with block scales (DeepSeek-V3, Qwen3 FP8): ``W`` (float8_e4m3fn, [R, C]) and
+  ``W_scale_inv`` (float32, [ceil(R/br), ceil(C/bc)]); w = q * scale_inv of the block. The block
+  size comes from ``quantization_config.weight_block_size`` or, when absent, is the 128 x 128 of
+  every public checkpoint, checked against the scale tensor's shape.
+- MXFP4 (GPT-OSS): ``*_blocks`` (uint8, [..., G, 16], two FP4 E2M1 codes per byte) and
+  ``*_scales`` (uint8 E8M0, [..., G]); groups of 32 values share the scale 2^(e - 127).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from moeprune.errors import InputError
+
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+"""|value| of the E2M1 codes 0..7 (bit 3 is the sign)."""
+
+
+def _byte_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    mag = torch.tensor(FP4_VALUES * 2, dtype=torch.float64)  # code -> |value|, sign bit ignored
+    lo, hi = mag[torch.arange(256) & 15], mag[torch.arange(256) >> 4]
+    return lo + hi, lo * lo + hi * hi
+
+
+BYTE_ABS, BYTE_SQ = _byte_tables()
+"""For each byte: sum of |value| and of value^2 of its two FP4 codes."""
+
+
+def mxfp4_moments(blocks: torch.Tensor, scales: torch.Tensor) -> tuple[int, float, float]:
+    """(n, sum|w|, sum w^2) of MXFP4 ``blocks`` [..., G, 16] with E8M0 ``scales`` [..., G]."""
+    if blocks.shape[:-1] != scales.shape:
+        raise InputError(f"MXFP4 blocks {list(blocks.shape)} do not match scales {list(scales.shape)}")
+    idx = blocks.to(torch.int64)
+    a = BYTE_ABS[idx].sum(-1)  # (..., G)
+    b = BYTE_SQ[idx].sum(-1)
+    scale = torch.exp2(scales.to(torch.float64) - 127.0)
+    return blocks.numel() * 2, float((a * scale).sum()), float((b * scale * scale).sum())
+
+
+def block_size(shape: tuple[int, ...], scale_shape: tuple[int, ...], configured: list[int] | None) -> tuple[int, int]:
+    """Block (rows, cols) of an FP8 weight of ``shape`` with scales of ``scale_shape``."""
+    rows, cols = shape
+    br, bc = (int(configured[0]), int(configured[1])) if configured else (128, 128)
+    if (math.ceil(rows / br), math.ceil(cols / bc)) != tuple(scale_shape):
+        raise InputError(
+            f"FP8 weight {list(shape)} with block {br}x{bc} needs scales "
+            f"{[math.ceil(rows / br), math.ceil(cols / bc)]}, found {list(scale_shape)}"
+        )
+    return br, bc
+
+
+def fp8_block_moments(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> tuple[int, float, float]:
+    """(n, sum|w|, sum w^2) of an FP8 weight [R, C] dequantized with per-block ``scale_inv``."""
+    br, bc = block
+    rows, cols = q.shape
+    sr, sc = scale_inv.shape
+    x = torch.zeros(sr * br, sc * bc, dtype=torch.float32)
+    x[:rows, :cols] = q.to(torch.float32)  # exact: every FP8 value is a float32
+    x = x.view(sr, br, sc, bc)
+    a = x.abs().sum(dim=(1, 3), dtype=torch.float64)  # (sr, sc)
+    b = x.square().sum(dim=(1, 3), dtype=torch.float64)
+    s = scale_inv.to(torch.float64)
+    return rows * cols, float((a * s).sum()), float((b * s * s).sum())
