@@ -61,3 +61,40 @@ def test_fp8_block_size_is_checked_against_the_scales() -> None:
     assert block_size((256, 512), (4, 8), [64, 64]) == (64, 64)
     with pytest.raises(InputError, match="needs scales"):
         block_size((256, 512), (3, 4), None)
+
+
+def test_quantization_ignore_lists_follow_the_pruning(tiny, cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny("deepseek_v3"), src)
+    config = json.loads((src / "config.json").read_text())
+    names = [
+        "lm_head",
+        "model.layers.1.mlp.experts.0.down_proj",
+        "model.layers.1.mlp.experts.5",
+        "model.layers.1.mlp.experts.6.up_proj",
+        "model.layers.1.mlp.experts.50",  # no such expert: left as it is
+        "model.layers.2.mlp.gate",
+        "model.layers.2.mlp.shared_experts.down_proj",
+    ]
+    config["quantization_config"] = {"quant_method": "fp8", "modules_to_not_convert": names}
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    r = cli("prune", str(src), "--criterion", "random", "--prune", "2", "-o", str(out))
+    assert r.code == 0, r
+    plan = json.loads((out / "moeprune_plan.json").read_text())["layers"]["1"]
+    expected = []
+    for name in names:
+        parts = name.split(".")
+        if name.startswith("model.layers.1.mlp.experts.") and int(parts[5]) < 8:
+            j = int(parts[5])
+            if j in plan["pruned"]:
+                continue
+            parts[5] = str(plan["kept"].index(j))
+            name = ".".join(parts)
+        expected.append(name)
+    got = json.loads((out / "config.json").read_text())["quantization_config"]["modules_to_not_convert"]
+    assert got == expected
+    assert len(got) < len(names) or not {0, 5, 6} & set(plan["pruned"])

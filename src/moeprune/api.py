@@ -216,7 +216,7 @@ def prune(
                 max_bytes,
                 None if progress is None else lambda b: progress("write", b, total),
             )
-            (tmp / "config.json").write_text(json.dumps(surgery.pruned_config(moe, made.n_kept), indent=2) + "\n")
+            (tmp / "config.json").write_text(json.dumps(surgery.pruned_config(moe, made), indent=2) + "\n")
             surgery.copy_side_files(ckpt.path, tmp)
             readme = ckpt.path / "README.md"
             original = readme.read_text(errors="replace") if readme.is_file() else None

@@ -102,14 +102,40 @@ def _row_ranges(info: TensorInfo, kept: list[int]) -> list[Range]:
     return ranges
 
 
-def pruned_config(model: MoeModel, n_kept: int) -> dict[str, Any]:
-    """config.json with the new expert count under every count key the source used."""
+QUANT_MODULE_LISTS = ("ignore", "ignored_layers", "modules_to_not_convert", "exclude_modules")
+"""quantization_config lists that name modules, possibly single experts by id."""
+
+
+def pruned_config(model: MoeModel, plan: PrunePlan) -> dict[str, Any]:
+    """config.json with the new expert count under every count key the source used, and
+    quantization module lists with removed experts dropped and kept ones renumbered."""
     config = copy.deepcopy(model.config)
     text = text_config(config, model.family)
     for key in model.family.count_keys:
         if text.get(key) is not None:
-            text[key] = n_kept
+            text[key] = plan.n_kept
+    quant = config.get("quantization_config")
+    if isinstance(quant, dict):
+        for key in QUANT_MODULE_LISTS:
+            if isinstance(quant.get(key), list):
+                quant[key] = [new for name in quant[key] if (new := _module_name(name, model, plan)) is not None]
     return config
+
+
+def _module_name(name: Any, model: MoeModel, plan: PrunePlan) -> Any:
+    """``name`` after pruning: None for a removed expert's module, renumbered for a kept one."""
+    if not isinstance(name, str):
+        return name
+    for layer in model.layers:
+        prefix = layer.block + model.family.experts + "."
+        m = re.match(re.escape(prefix) + r"(\d+)(?=\.|$)", name)
+        if m:
+            lp = plan.layers[layer.index]
+            j = int(m.group(1))
+            if j >= plan.n_experts:
+                return name
+            return None if j in lp.pruned else f"{prefix}{lp.kept.index(j)}{name[m.end() :]}"
+    return name
 
 
 def copy_side_files(src: Path, dst: Path) -> list[str]:
