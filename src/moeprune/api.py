@@ -21,12 +21,18 @@ from moeprune.io import surgery
 from moeprune.io.reader import Checkpoint
 from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, make_plan, n_to_prune
+from moeprune.scoring.stats import RoutingStats
+from moeprune.scoring.unified import NAMED, stats_criterion
 from moeprune.scoring.weights import WEIGHT_CRITERIA, layer_bytes, score_layers, weight_moments
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done_bytes_increment, total_bytes)."""
 
-CRITERIA = dict(WEIGHT_CRITERIA)
+CRITERIA: dict[str, str] = {
+    **{name: c.doc for name, c in WEIGHT_CRITERIA.items()},
+    **{name: f"{c.doc}; S({c.b},{c.alpha},{c.beta}); needs --stats" for name, c in NAMED.items()},
+}
+"""Every named criterion and what it computes; ``unified:b,α,β`` names any other S(b, α, β)."""
 
 
 @dataclass
@@ -72,9 +78,7 @@ def inspect(model: str | os.PathLike[str]) -> dict[str, Any]:
             if moe.groups is None
             else {"n_group": moe.groups.n_group, "topk_group": moe.groups.topk_group},
             "layout": moe.layers[0].layout,
-            "dtypes": sorted(
-                {ckpt.info(n).dtype for layer in moe.layers for n in layer.expert_tensors}
-            ),
+            "dtypes": sorted({ckpt.info(n).dtype for layer in moe.layers for n in layer.expert_tensors}),
             "total_bytes": ckpt.total_bytes,
             "routed_expert_bytes": expert_bytes,
             "bytes_per_expert": expert_bytes // (moe.n_experts * len(moe.layers)),
@@ -82,36 +86,93 @@ def inspect(model: str | os.PathLike[str]) -> dict[str, Any]:
         }
 
 
-def _criteria(criterion: str) -> list[str]:
+def _criteria(criterion: str, stats: RoutingStats | None) -> list[str]:
+    """The criteria ``criterion`` stands for ("all": every one the inputs allow)."""
     if criterion == "all":
-        return list(CRITERIA)
-    if criterion not in CRITERIA:
-        raise InputError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)} or all")
-    return [criterion]
+        return list(WEIGHT_CRITERIA) + (list(NAMED) if stats is not None else [])
+    if criterion in WEIGHT_CRITERIA:
+        return [criterion]
+    found = stats_criterion(criterion)
+    if found is None:
+        raise InputError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}, unified:b,α,β or all")
+    if stats is None:
+        raise InputError(f"criterion {criterion!r} needs routing statistics: run `moeprune calibrate` and pass --stats")
+    return [found.name]
+
+
+def load_stats(path: str | os.PathLike[str], ckpt: Checkpoint, moe: MoeModel) -> RoutingStats:
+    """A STATS folder, checked against the model."""
+    stats = RoutingStats.load(path)
+    stats.check_model(ckpt, moe, path)
+    return stats
 
 
 def score(
-    model: str | os.PathLike[str], criterion: str = "aimer", *, seed: int = 0, progress: Progress | None = None
+    model: str | os.PathLike[str],
+    criterion: str = "aimer",
+    *,
+    seed: int = 0,
+    stats: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Scores]:
-    """Scores of every routed expert with one criterion, or all of them (``"all"``) in one pass."""
-    names = _criteria(criterion)
+    """Scores of every routed expert with one criterion, or all of them (``"all"``): weight
+    criteria in one pass over the weights, statistics criteria from a STATS folder."""
     ckpt, moe = open_model(model)
     with ckpt:
-        return _score(ckpt, moe, names, seed, progress)
+        routing = None if stats is None else load_stats(stats, ckpt, moe)
+        return _score(ckpt, moe, _criteria(criterion, routing), seed, progress, routing)
 
 
 def _score(
-    ckpt: Checkpoint, moe: MoeModel, names: list[str], seed: int, progress: Progress | None
+    ckpt: Checkpoint,
+    moe: MoeModel,
+    names: list[str],
+    seed: int,
+    progress: Progress | None,
+    stats: RoutingStats | None,
 ) -> dict[str, Scores]:
     from moeprune.scoring.weights import Moments
 
-    if any(CRITERIA[n].needs_weights for n in names):
-        _check_scorable(ckpt, moe)
-        total = sum(layer_bytes(ckpt, layer) for layer in moe.layers)
-        moments = weight_moments(ckpt, moe, None if progress is None else lambda b: progress("score", b, total))
-    else:
-        moments = {layer.index: Moments.zeros(moe.n_experts) for layer in moe.layers}
-    return {n: Scores(n, CRITERIA[n].direction, score_layers(moments, n, seed)) for n in names}
+    out: dict[str, Scores] = {}
+    weight = [n for n in names if n in WEIGHT_CRITERIA]
+    if weight:
+        if any(WEIGHT_CRITERIA[n].needs_weights for n in weight):
+            _check_scorable(ckpt, moe)
+            total = sum(layer_bytes(ckpt, layer) for layer in moe.layers)
+            moments = weight_moments(ckpt, moe, None if progress is None else lambda b: progress("score", b, total))
+        else:
+            moments = {layer.index: Moments.zeros(moe.n_experts) for layer in moe.layers}
+        out |= {n: Scores(n, WEIGHT_CRITERIA[n].direction, score_layers(moments, n, seed)) for n in weight}
+    for name in names:
+        found = stats_criterion(name)
+        if found is not None and stats is not None:
+            out[name] = Scores(name, found.direction, found.scores(stats))
+    return {n: out[n] for n in names}
+
+
+def pruned_overlap(
+    model: str | os.PathLike[str], results: dict[str, Scores], ratio: float
+) -> dict[str, dict[str, float]]:
+    """Mean over MoE layers of the Jaccard index of the sets each pair of criteria would prune
+    at ``ratio`` (1 = the same experts everywhere)."""
+    ckpt, moe = open_model(model, weights=False)
+    ckpt.close()
+    p = n_to_prune(moe.n_experts, ratio)
+    plans = {
+        name: make_plan(name, s.direction, s.layers, moe.n_experts, moe.top_k, p, moe.groups)
+        for name, s in results.items()
+    }
+    out: dict[str, dict[str, float]] = {}
+    for a, pa in plans.items():
+        out[a] = {}
+        for b, pb in plans.items():
+            jac = [
+                len(set(pa.layers[i].pruned) & set(pb.layers[i].pruned))
+                / len(set(pa.layers[i].pruned) | set(pb.layers[i].pruned))
+                for i in pa.layers
+            ]
+            out[a][b] = sum(jac) / len(jac)
+    return out
 
 
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
@@ -137,12 +198,13 @@ def plan(
     n_prune: int | None = None,
     seed: int = 0,
     scores: Scores | None = None,
+    stats: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> PrunePlan:
     """The pruning plan (validated) without writing anything."""
     ckpt, moe = open_model(model)
     with ckpt:
-        return _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, progress)
+        return _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
 
 
 def _plan(
@@ -153,6 +215,7 @@ def _plan(
     n_prune: int | None,
     seed: int,
     scores: Scores | None,
+    stats: str | os.PathLike[str] | None,
     progress: Progress | None,
 ) -> PrunePlan:
     p = n_to_prune(moe.n_experts, ratio, n_prune)
@@ -162,7 +225,9 @@ def _plan(
     if scores is None:
         if criterion == "all":
             raise InputError(f"pruning needs one criterion ({', '.join(CRITERIA)}); 'all' is for scoring only")
-        scores = _score(ckpt, moe, _criteria(criterion), seed, progress)[criterion]
+        routing = None if stats is None else load_stats(stats, ckpt, moe)
+        names = _criteria(criterion, routing)
+        scores = _score(ckpt, moe, names, seed, progress, routing)[names[0]]
     want = {layer.index for layer in moe.layers}
     if set(scores.layers) != want or any(len(s) != moe.n_experts for s in scores.layers.values()):
         raise InputError(f"the scores do not match this model ({len(want)} MoE layers x {moe.n_experts} experts)")
@@ -185,6 +250,7 @@ def prune(
     n_prune: int | None = None,
     seed: int = 0,
     scores: Scores | None = None,
+    stats: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     max_shard_size: str | int = "5GB",
     dry_run: bool = False,
@@ -203,7 +269,7 @@ def prune(
             raise OutputError(f"{out} contains the input checkpoint {ckpt.path}; choose another output folder")
         if target.exists() and not overwrite and not dry_run:
             raise OutputError(f"{out} already exists; pass --overwrite to replace it")
-        made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, progress)
+        made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
         if dry_run:
             return made
         tensors = surgery.output_tensors(ckpt, moe, made)

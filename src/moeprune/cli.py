@@ -128,28 +128,43 @@ def _ranges(ids: list[int]) -> str:
     "-c",
     default="aimer",
     show_default=True,
-    help="aimer, magnitude, random, or all (every weight criterion in one pass).",
+    help="aimer, magnitude, random; with --stats also frequency, seer, ean, reap, man, msan, gean, s022 or "
+    "unified:b,α,β; or all (every criterion the inputs allow, and how much their pruned sets overlap).",
 )
+@click.option("--stats", type=click.Path(path_type=Path), help="STATS folder written by `moeprune calibrate`.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random criterion.")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="scores.json to write."
 )
 @click.pass_context
-def score(ctx: click.Context, model: str, criterion: str, seed: int, output: Path) -> None:
+def score(ctx: click.Context, model: str, criterion: str, stats: Path | None, seed: int, output: Path) -> None:
     """Score every routed expert (writes scores.json)."""
+    from moeprune.api import pruned_overlap
     from moeprune.api import score as run
 
     bars = _Progress(ctx.obj["quiet"])
     try:
-        result = run(model, criterion, seed=seed, progress=bars)
+        result = run(model, criterion, seed=seed, stats=stats, progress=bars)
     finally:
         bars.close()
     if criterion == "all":
         data: dict[str, Any] = {"criteria": {name: s.to_json() for name, s in result.items()}}
     else:
-        data = result[criterion].to_json()
+        data = next(iter(result.values())).to_json()
     _write_json(output, data)
     _note(ctx, f"wrote {output} ({', '.join(result)}; {len(next(iter(result.values())).layers)} MoE layers)")
+    if criterion == "all":
+        for ratio in (0.25, 0.5):
+            try:
+                table = pruned_overlap(model, result, ratio)
+            except MoePruneError as e:
+                click.echo(f"overlap at ratio {ratio}: not computed ({e})")
+                continue
+            names = list(table)
+            click.echo(f"\noverlap of pruned sets at ratio {ratio} (mean Jaccard over MoE layers):")
+            click.echo(" " * 11 + "".join(f"{n[:9]:>10}" for n in names))
+            for a in names:
+                click.echo(f"{a[:10]:>10} " + "".join(f"{table[a][b]:>10.2f}" for b in names))
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -160,7 +175,14 @@ def _write_json(path: Path, data: Any) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("--criterion", "-c", default="aimer", show_default=True, help="aimer, magnitude or random.")
+@click.option(
+    "--criterion",
+    "-c",
+    default="aimer",
+    show_default=True,
+    help="aimer, magnitude, random; with --stats frequency, seer, ean, reap, man, msan, gean, s022, unified:b,α,β.",
+)
+@click.option("--stats", type=click.Path(path_type=Path), help="STATS folder written by `moeprune calibrate`.")
 @click.option("--ratio", type=float, help=RATIO_HELP)
 @click.option("--prune", "n_prune", type=int, help="Experts removed per MoE layer (instead of --ratio).")
 @click.option(
@@ -185,6 +207,7 @@ def prune(
     ctx: click.Context,
     model: str,
     criterion: str,
+    stats: Path | None,
     ratio: float | None,
     n_prune: int | None,
     scores_file: Path | None,
@@ -208,6 +231,7 @@ def prune(
             n_prune=n_prune,
             seed=seed,
             scores=scores,
+            stats=stats,
             overwrite=overwrite,
             max_shard_size=max_shard_size,
             dry_run=dry_run,
