@@ -90,10 +90,9 @@ def test_save_load_round_trip_and_merge(tmp_path) -> None:  # type: ignore[no-un
 def test_stats_criteria_through_the_cli(tiny, cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     src = tiny("qwen3_moe")
     stats = _stats_for(src)
+    folder = str(tmp_path / "stats")
     stats.save(tmp_path / "stats")
-    r = cli(
-        "score", str(src), "--stats", str(tmp_path / "stats"), "--criterion", "msan", "-o", str(tmp_path / "s.json")
-    )
+    r = cli("score", str(src), "--stats", folder, "--criterion", "msan", "-o", str(tmp_path / "s.json"))
     assert r.code == 0, r
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["criterion"] == "msan" and data["direction"] == "lower_pruned"
