@@ -152,7 +152,7 @@ def _bad(case: str, folder, other):  # type: ignore[no-untyped-def]
         "another format",
         "unfinished",
         "not stats",
-        "corrupt moments",
+        "corrupt",
     ],
 )
 def test_stats_of_another_model_or_release_are_refused(case, tiny, cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
