@@ -97,7 +97,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             lo, hi = int(lo), int(hi)
         except (KeyError, TypeError, ValueError):
             raise InputError(f"{path}: corrupt safetensors header entry for {name!r}") from None
-        if dtype not in ITEMSIZE:
+        if not isinstance(dtype, str) or dtype not in ITEMSIZE:
             raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
         if hi - lo != math.prod(shape) * ITEMSIZE[dtype] or lo < 0:
             raise InputError(f"{path}: corrupt safetensors header: {name!r} byte range does not match its shape")

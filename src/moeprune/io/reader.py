@@ -89,8 +89,11 @@ class Checkpoint:
 
     def _fd(self, file: Path) -> int:
         fd = self._fds.get(file)
-        if fd is None:
-            fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        if fd is None:  # safe from several threads: a loser of the race closes its own descriptor
+            new = os.open(file, os.O_RDONLY)
+            fd = self._fds.setdefault(file, new)
+            if fd != new:
+                os.close(new)
         return fd
 
     def info(self, name: str) -> TensorInfo:
@@ -122,6 +125,11 @@ class Checkpoint:
         size = info.itemsize
         buf = read_bytes(self._fd(info.file), info.start + first * size, count * size)
         return torch.frombuffer(buf, dtype=DTYPES[info.dtype]) if count else torch.empty(0, dtype=DTYPES[info.dtype])
+
+    def read_raw(self, file: Path, start: int, out: bytearray | memoryview) -> memoryview:
+        """Fill ``out`` with the bytes of ``file`` (one of this checkpoint's shards) from absolute
+        offset ``start``, with no allocation: the streaming scorer's read (safe from any thread)."""
+        return read_bytes(self._fd(file), start, len(out), out)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -176,7 +184,11 @@ def _weight_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise InputError(f"{index}: not a valid safetensors index ({e.__class__.__name__})") from None
-        files = sorted({str(f) for f in weight_map.values()})
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise InputError(f"{index}: not a valid safetensors index (weight_map is not a name -> file map)")
+        files = sorted(set(weight_map.values()))
+        if any(Path(f).name != f for f in files):
+            raise InputError(f"{index}: names a shard outside the checkpoint folder")
         missing = [f for f in files if not (path / f).is_file()]
         if missing:
             raise InputError(f"{path}: shard {missing[0]} named by {INDEX} is missing ({len(missing)} missing)")
