@@ -40,7 +40,7 @@ class _Progress:
             bar = self.bars[stage] = tqdm(
                 total=total,
                 desc=stage,
-                unit="B",
+                unit="tok" if stage.startswith("layer") else "B",
                 unit_scale=True,
                 unit_divisor=1024,
                 file=sys.stderr,
@@ -262,6 +262,131 @@ def _load_scores(path: Path) -> Any:
         return Scores.from_json(data)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{path}: not a moeprune scores.json ({e.__class__.__name__})") from None
+
+
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--data",
+    "source",
+    required=True,
+    help="Text file or folder, .jsonl/.json/.parquet, a Hugging Face dataset id, or token ids (.npy, "
+    ".safetensors with input_ids [N, L]) used exactly as given.",
+)
+@click.option("--samples", default=1024, show_default=True, help="Sequences to pack.")
+@click.option("--seq-len", default=2048, show_default=True, help="Tokens per packed sequence.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the document shuffle.")
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text in records.")
+@click.option("--data-config", default=None, help="Hugging Face dataset configuration (e.g. en for allenai/c4).")
+@click.option("--split", default="train", show_default=True, help="Hugging Face dataset split.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16", show_default=True)
+@click.option("--batch-size", default=4, show_default=True, help="Sequences per forward call.")
+@click.option(
+    "--offload-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the activation cache here (on disk) instead of in the STATS folder.",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUTPUT from its last finished layer.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option(
+    "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="STATS folder to write."
+)
+@click.pass_context
+def calibrate(
+    ctx: click.Context,
+    model: str,
+    source: str,
+    samples: int,
+    seq_len: int,
+    seed: int,
+    text_field: str,
+    data_config: str | None,
+    split: str,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    offload_dir: Path | None,
+    resume: bool,
+    overwrite: bool,
+    output: Path,
+) -> None:
+    """Collect routing statistics layer by layer (one pass serves every statistics criterion)."""
+    import shutil
+
+    from moeprune.calib.data import load_tokens
+    from moeprune.calib.engine import calibrate as run
+    from moeprune.calib.engine import distributed_rank
+    from moeprune.errors import OutputError
+    from moeprune.io.reader import resolve
+
+    rank = distributed_rank()
+    if output.exists() and not resume:
+        if not overwrite:
+            raise OutputError(f"{output} already exists; pass --resume to continue it or --overwrite to replace it")
+        if rank == 0:
+            shutil.rmtree(output)
+    path = resolve(model)
+    tokenizer = None
+    if not source.endswith((".npy", ".safetensors")):
+        tokenizer = _tokenizer(path)
+    tokens = load_tokens(
+        source,
+        tokenizer,
+        samples=samples,
+        seq_len=seq_len,
+        seed=seed,
+        text_field=text_field,
+        dataset_config=data_config,
+        split=split,
+        vocab_size=_vocab(path),
+    )
+    if rank == 0:
+        _note(
+            ctx,
+            f"{tokens.n_samples} sequences x {tokens.seq_len} tokens ({tokens.n_tokens} counted) "
+            f"from {tokens.source}; sha256 {tokens.sha256()[:12]}",
+        )
+    bars = _Progress(ctx.obj["quiet"] or rank != 0)
+    try:
+        stats = run(
+            path,
+            tokens,
+            out=output,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            resume=resume,
+            offload_dir=offload_dir,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    if rank == 0:
+        _note(ctx, f"wrote {output} ({len(stats.layers)} MoE layers, {stats.n_experts} experts each)")
+
+
+def _tokenizer(path: Path) -> Any:
+    from moeprune.errors import InputError
+
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # many failure types; one meaning
+        raise InputError(
+            f"{path}: cannot load its tokenizer ({e.__class__.__name__}); pass token ids instead (.npy/.safetensors)"
+        ) from None
+
+
+def _vocab(path: Path) -> int | None:
+    from moeprune.arch import family_for_config
+    from moeprune.arch.layout import text_config
+    from moeprune.io.reader import load_config
+
+    config = load_config(path)
+    vocab = text_config(config, family_for_config(config)).get("vocab_size")
+    return int(vocab) if vocab else None
 
 
 @cli.command()

@@ -105,7 +105,7 @@ _TINY = dict(
     tie_word_embeddings=False,
 )
 _E8K2 = dict(num_experts_per_tok=2)
-_MLA = dict(head_dim=8, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+_MLA = dict(num_key_value_heads=4, head_dim=8, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
 
 
 def _tiny(**over: object) -> dict[str, object]:
@@ -306,6 +306,7 @@ _ENTRIES = [
         block="block_sparse_moe",
         router="router.layer.weight",
         fused=("input_linear.weight", "output_linear.weight"),
+        mem_experts="block_sparse_moe.experts",
         mem_router="block_sparse_moe.router",
         tiny=_tiny(num_local_experts=8, **_E8K2),
         notes="fused on disk (input_linear, output_linear); top-k then softmax",
@@ -357,6 +358,7 @@ _ENTRIES = [
         moe_layers=jamba_rule,
         block="feed_forward",
         router="router.weight",
+        mem_experts="feed_forward.experts",
         mem_router="feed_forward.router",
         tiny=_tiny(
             num_experts=8,
@@ -379,6 +381,8 @@ _ENTRIES = [
         moe_layers=llama4_rule,
         block="feed_forward",
         router="router.weight",
+        mem_experts="feed_forward.experts",
+        scaled_input=True,
         mem_router="feed_forward.router",
         tiny=_tiny(
             num_local_experts=8,
@@ -396,6 +400,7 @@ _ENTRIES = [
         moe_layers=num_dense_layers,
         block="feed_forward",
         sliced=(("expert_bias", 0),),
+        mem_experts="feed_forward.experts",
         mem_router="feed_forward.gate",
         mem_bias="feed_forward.expert_bias",
         tiny=_tiny(

@@ -42,6 +42,13 @@ class Family:
     mem_router: str
     """Router module path, relative to a decoder layer of the loaded transformers model; its
     ``weight`` has one row per expert (used by verify to mask logits)."""
+    mem_experts: str = "mlp.experts"
+    """Experts module path, relative to a decoder layer of the loaded model; calibration observes
+    the routing it receives, ``(hidden [T, H], top_k_index [T, k], top_k_weights [T, k])``."""
+    scaled_input: bool = False
+    """The router's score multiplies the expert INPUT (Llama 4): the experts module sees no routing,
+    so calibration reads it from the router (``mem_router``) and computes f_j on the unscaled
+    input with the experts' fused, transposed weights; g is the router's score."""
     block: str = "mlp"
     """The MoE block's name under each decoder layer, on disk."""
     router: str = "gate.weight"

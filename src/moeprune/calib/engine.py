@@ -1,0 +1,326 @@
+"""Layer-wise calibration: run real tokens through the model one decoder layer at a time.
+
+1. Build the model skeleton on the meta device (no weights) and load only what lies outside the
+   decoder layers (embeddings...) with transformers' own loading and key conversion.
+2. Capture, for every batch, the first decoder layer's input and the keyword arguments the model
+   passes to each layer (attention masks per layer type, position embeddings), by running the
+   model's own forward with every layer stubbed out.
+3. For each decoder layer: load its weights from the checkpoint (fused or per-expert on disk,
+   converted by transformers), run every cached batch through it with the routed-token observer
+   on its experts, replace the cache with the outputs, and free the layer.
+
+Peak memory is one layer plus the activation cache, which lives on disk (``offload_dir``, or the
+STATS folder) whenever a STATS folder is written, so an interrupted run resumes from the last
+finished layer. Under torch.distributed (torchrun), each rank takes a disjoint share of the
+samples and the moments are all-reduced after every layer: the result equals one process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moeprune.arch.layout import MoeModel
+from moeprune.calib.data import TokenBatch
+from moeprune.calib.hooks import Observer
+from moeprune.errors import InputError
+from moeprune.io.reader import Checkpoint
+from moeprune.scoring.stats import RoutingStats, model_fingerprint
+
+Progress = Callable[[str, int, int], None]
+CACHE = ".activations"
+
+
+class _Stop(Exception):
+    """Raised by the last stubbed layer: the capture pass needs nothing after it."""
+
+
+def distributed_rank() -> int:
+    """This process's rank under torchrun (0 otherwise), without starting anything."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size); starts the process group under torchrun."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+class Skeleton:
+    """The model with meta weights, filled layer by layer through transformers' loading code."""
+
+    def __init__(self, ckpt: Checkpoint, moe: MoeModel, dtype: torch.dtype, device: torch.device):
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.conversion_mapping import get_model_conversion_mapping
+
+        self.ckpt, self.moe, self.dtype, self.device = ckpt, moe, dtype, device
+        config = AutoConfig.from_pretrained(ckpt.path)
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        self.model.eval()
+        self.mapping = get_model_conversion_mapping(self.model)
+        from moeprune.verify import decoder_layers
+
+        self.layers = decoder_layers(self.model)
+        pattern = re.compile(re.escape(moe.family.layers) + r"\.(\d+)\.")
+        self.keys: dict[int, list[str]] = {}
+        outside = []
+        for name in ckpt.tensors:
+            m = pattern.match(name)
+            if m:
+                self.keys.setdefault(int(m.group(1)), []).append(name)
+            elif "lm_head" not in name and not (moe.family.mtp and name.startswith(moe.family.mtp.split(".")[0] + ".")):
+                outside.append(name)
+        self.load(outside)
+        for name, buf in list(self.model.named_non_persistent_buffers()):  # rotary tables etc.
+            owner, _, attr = name.rpartition(".")
+            module = self.model.get_submodule(owner)
+            module.register_buffer(attr, torch.empty_like(buf, device=device), persistent=False)
+            self.model._init_weights(module)
+
+    def load(self, names: list[str]) -> None:
+        from transformers.core_model_loading import convert_and_load_state_dict_in_model
+        from transformers.modeling_utils import LoadStateDictConfig
+        from transformers.utils import logging as hf_logging
+
+        state = {n: self.ckpt.read(n) for n in names}
+        config = LoadStateDictConfig(
+            device_map={"": self.device},
+            dtype=self.dtype,
+            weight_mapping=self.mapping,  # type: ignore[arg-type]
+        )
+        was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            convert_and_load_state_dict_in_model(self.model, state, config)
+        finally:
+            if was:
+                hf_logging.enable_progress_bar()
+
+    def load_layer(self, i: int) -> torch.nn.Module:
+        self.load(self.keys.get(i, []))
+        layer = self.layers[i]
+        meta = [n for n, p in list(layer.named_parameters()) + list(layer.named_buffers()) if p.is_meta]
+        if meta:
+            raise InputError(f"layer {i}: the checkpoint has no weights for {meta[0]}")
+        return layer
+
+    def free_layer(self, i: int) -> None:
+        self.layers[i].to("meta")
+
+    def capture(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """The first layer's input and every layer's keyword arguments for one batch."""
+        found: list[dict[str, Any]] = []
+        first: list[torch.Tensor] = []
+        last = len(self.layers) - 1
+
+        def stub(i: int) -> Callable[..., Any]:
+            def run(*args: Any, **kwargs: Any) -> Any:
+                hidden = args[0] if args else kwargs.pop("hidden_states")
+                if not first:
+                    first.append(hidden)
+                found.append({k: v for k, v in kwargs.items() if k != "hidden_states"} | _extra(args))
+                if i == last:
+                    raise _Stop
+                return hidden
+
+            return run
+
+        for i, layer in enumerate(self.layers):
+            layer.forward = stub(i)
+        try:
+            with torch.no_grad():
+                self.model.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for layer in self.layers:
+                del layer.forward
+        return first[0], found
+
+
+def _extra(args: tuple[Any, ...]) -> dict[str, Any]:
+    if len(args) > 1:
+        raise InputError("a decoder layer is called with positional arguments this version cannot replay")
+    return {}
+
+
+class Cache:
+    """Hidden states of every batch, by the layer they are the input of: in memory, or one
+    safetensors file per batch in ``folder/input-{layer}``. A layer's outputs go to the next
+    layer's generation, which replaces the current one only once the layer is finished, so an
+    interruption never leaves a half-advanced cache."""
+
+    def __init__(self, folder: Path | None, layer: int):
+        self.folder, self.layer = folder, layer
+        self.mem: dict[int, dict[int, torch.Tensor]] = {}
+
+    def _dir(self, layer: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"input-{layer}"
+
+    def get(self, b: int) -> torch.Tensor:
+        if self.folder is None:
+            return self.mem[self.layer][b]
+        from safetensors.torch import load_file
+
+        return load_file(str(self._dir(self.layer) / f"{b}.safetensors"))["h"]
+
+    def put(self, b: int, h: torch.Tensor) -> None:
+        """Store batch ``b``'s input to the next layer."""
+        if self.folder is None:
+            self.mem.setdefault(self.layer + 1, {})[b] = h
+            return
+        from safetensors.torch import save_file
+
+        folder = self._dir(self.layer + 1)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{b}.tmp"
+        save_file({"h": h.detach().to("cpu").contiguous()}, str(tmp))
+        os.replace(tmp, folder / f"{b}.safetensors")
+
+    def advance(self) -> None:
+        if self.folder is None:
+            self.mem.pop(self.layer, None)
+        else:
+            shutil.rmtree(self._dir(self.layer), ignore_errors=True)
+        self.layer += 1
+
+
+def calibrate(
+    model: str | os.PathLike[str],
+    tokens: TokenBatch,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: int = 4,
+    resume: bool = False,
+    offload_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> RoutingStats:
+    """Routing statistics of ``model`` on ``tokens``; written to the STATS folder ``out`` if given."""
+    from moeprune.api import open_model
+
+    torch_dtype = getattr(torch, dtype)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    rank, world = _dist()
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", rank % torch.cuda.device_count())
+    ckpt, moe = open_model(model)
+    with ckpt:
+        stats_layers = [layer.index for layer in moe.layers if layer.index < moe.n_layers]
+        meta = {
+            "model": str(model),
+            "family": moe.family.model_type,
+            "model_fingerprint": model_fingerprint(ckpt, moe),
+            "data": tokens.metadata(),
+            "dtype": dtype,
+            "batch_size": batch_size,
+            "world_size": world,
+        }
+        folder = Path(out) if out is not None else None
+        stats = RoutingStats.zeros(stats_layers, moe.n_experts, meta | {"finished_layers": []})
+        start = 0
+        if resume:
+            stats, start = _resume(folder, meta, stats_layers)
+        shard = tokens.shard(rank, world) if world > 1 else tokens
+        batches = list(shard.batches(batch_size))
+        cache_dir = Path(offload_dir) / f"rank{rank}" if offload_dir else None
+        if cache_dir is None and folder is not None:
+            cache_dir = folder / CACHE / f"rank{rank}"
+        cache = Cache(cache_dir, start - 1)
+        skel = Skeleton(ckpt, moe, torch_dtype, dev)
+        kwargs = []
+        for b, (ids, mask) in enumerate(batches):
+            hidden, found = skel.capture(ids, mask)
+            kwargs.append(found)
+            if start == 0:
+                cache.put(b, hidden)
+        cache.advance()
+        skel.model.get_input_embeddings().to("meta")
+        n_tok = int(sum(int(m.sum()) for _, m in batches))
+        for i in range(start, len(skel.layers)):
+            layer = skel.load_layer(i)
+            observer = (
+                Observer(layer, moe.family.mem_experts, moe.family.mem_router, moe.n_experts, moe.family.scaled_input)
+                if i in stats_layers
+                else None
+            )
+            t0 = time.perf_counter()
+            try:
+                for b, (_, mask) in enumerate(batches):
+                    if observer is not None:
+                        observer.valid = mask.reshape(-1).bool()
+                    with torch.no_grad():
+                        h = layer(cache.get(b).to(dev), **_to(kwargs[b][i], dev))
+                    cache.put(b, h[0] if isinstance(h, tuple) else h)
+                    if progress is not None:
+                        progress(f"layer {i + 1}/{len(skel.layers)}", int(mask.sum()), n_tok)
+            finally:
+                if observer is not None:
+                    observer.detach()
+                skel.free_layer(i)
+            cache.advance()
+            if observer is not None:
+                moments = observer.moments.a
+                if world > 1:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(moments)
+                stats.moments[stats_layers.index(i)] = moments.cpu()
+            stats.meta["finished_layers"] = [j for j in stats_layers if j <= i]
+            stats.meta.setdefault("seconds_per_layer", {})[str(i)] = round(time.perf_counter() - t0, 3)
+            if folder is not None and rank == 0:
+                stats.meta["last_layer"] = i
+                stats.save(folder)
+        stats.meta["finished_layers"] = stats_layers
+        stats.meta["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+        stats.meta["n_tokens"] = tokens.n_tokens
+        stats.meta.pop("last_layer", None)
+        if folder is not None and rank == 0:
+            stats.save(folder)
+            shutil.rmtree(folder / CACHE, ignore_errors=True)
+        if offload_dir is not None and cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        return stats
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+def _resume(folder: Path | None, meta: dict[str, Any], layers: list[int]) -> tuple[RoutingStats, int]:
+    """The statistics and first unfinished layer of an interrupted run in ``folder``."""
+    if folder is None or not (folder / "stats.json").is_file():
+        raise InputError("--resume needs the STATS folder of an interrupted run (-o)")
+    stats = RoutingStats.load(folder)
+    for key in ("family", "model_fingerprint", "data", "dtype", "batch_size", "world_size"):
+        if stats.meta.get(key) != meta[key]:
+            raise InputError(f"{folder}: cannot resume: the run used another {key.replace('_', ' ')}")
+    if "last_layer" not in stats.meta:
+        raise InputError(f"{folder}: calibration already finished; nothing to resume")
+    if not (folder / CACHE).is_dir():
+        raise InputError(f"{folder}: cannot resume: its activation cache ({CACHE}) is gone")
+    return stats, int(stats.meta["last_layer"]) + 1

@@ -1,0 +1,109 @@
+"""The routed-token observer: per-expert moments from the routing the model really applies.
+
+For a standard MoE block, transformers calls ``experts(hidden [T, H], top_k_index [T, k],
+top_k_weights [T, k])`` with the model's own selection (after selection biases and group limits)
+and the weights it multiplies the expert outputs by (after renormalisation and scaling). The
+observer replaces that call: for every expert j that received tokens it runs the experts module
+itself on those rows only, routed to j with weight 1, which gives f_j(x) (before gating, with the
+family's own activation, layout and biases); it accumulates Σ g^α ‖f‖^β over the non-padding rows
+and returns Σ_j g_j f_j — the module's output — so the layer runs once and experts see only their
+routed tokens.
+
+For routers that scale the expert input (Llama 4), the experts module receives no routing: the
+observer reads the router's scores and logits (the same top-k the router takes) and computes f_j on
+the unscaled input from the experts' transposed fused weights, with g = the sigmoid score; the
+model's own forward is left as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Moments:
+    """Float64 accumulators ``A[j, α, β] = Σ g^α ‖f‖^β`` for one MoE layer."""
+
+    def __init__(self, n_experts: int, device: torch.device | str = "cpu"):
+        self.a = torch.zeros(n_experts, 3, 3, dtype=torch.float64, device=device)
+
+    def add(self, j: int, g: torch.Tensor, norm: torch.Tensor) -> None:
+        g, norm = g.to(torch.float64), norm.to(torch.float64)
+        gp = torch.stack([torch.ones_like(g), g, g * g])  # (3, n)
+        fp = torch.stack([torch.ones_like(norm), norm, norm * norm])  # (3, n)
+        self.a[j] += gp @ fp.T
+
+
+class Observer:
+    """Attach to one decoder layer's MoE block; ``valid`` is the (T,) non-padding token mask of
+    the batch being run (set by the engine before each call)."""
+
+    def __init__(self, layer: torch.nn.Module, experts_path: str, router_path: str, n_experts: int, scaled_input: bool):
+        self.moments = Moments(n_experts)
+        self.valid: torch.Tensor | None = None
+        self.experts = layer.get_submodule(experts_path)
+        self._handles: list[Any] = []
+        if scaled_input:
+            self._attach_scaled(layer.get_submodule(router_path))
+        else:
+            self._original = self.experts.forward
+            self.experts.forward = self._observed  # instance attribute: hooks and callers unchanged
+
+    def detach(self) -> None:
+        if "forward" in self.experts.__dict__:
+            del self.experts.forward
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _mask(self, n: int, device: torch.device) -> torch.Tensor:
+        if self.valid is None:
+            return torch.ones(n, dtype=torch.bool, device=device)
+        return self.valid.to(device)
+
+    # -- standard routing: (hidden, top_k_index, top_k_weights) ---------------------------------
+
+    def _observed(
+        self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        if self.moments.a.device != hidden.device:
+            self.moments.a = self.moments.a.to(hidden.device)
+        valid = self._mask(hidden.shape[0], hidden.device)
+        out = torch.zeros_like(hidden)
+        for j in top_k_index.unique().tolist():
+            rows, slot = (top_k_index == j).nonzero(as_tuple=True)
+            one = torch.full((rows.numel(), 1), j, dtype=top_k_index.dtype, device=hidden.device)
+            unit = torch.ones((rows.numel(), 1), dtype=top_k_weights.dtype, device=hidden.device)
+            f = self._original(hidden[rows], one, unit, *args, **kwargs)  # (n, H): f_j(x), before gating
+            g = top_k_weights[rows, slot]
+            out.index_add_(0, rows, (f * g.unsqueeze(-1).to(f.dtype)).to(out.dtype))
+            keep = valid[rows]
+            if keep.any():
+                self.moments.add(j, g[keep], f[keep].float().norm(dim=-1))
+        return out
+
+    # -- scaled-input routing (Llama 4) -----------------------------------------------------------
+
+    def _attach_scaled(self, router: torch.nn.Module) -> None:
+        def on_router(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            scores, logits = output
+            x = args[0].reshape(-1, args[0].shape[-1])
+            if self.moments.a.device != x.device:
+                self.moments.a = self.moments.a.to(x.device)
+            k = int(getattr(module, "top_k", 1))
+            idx = torch.topk(logits, k, dim=1).indices  # the router's own selection
+            valid = self._mask(x.shape[0], x.device)
+            w_in: torch.Tensor = self.experts.gate_up_proj  # type: ignore[assignment]  # (E, H, 2I)
+            w_out: torch.Tensor = self.experts.down_proj  # type: ignore[assignment]  # (E, I, H)
+            act: Any = self.experts.act_fn
+            for j in idx.unique().tolist():
+                rows = (idx == j).any(dim=1).nonzero(as_tuple=True)[0]
+                rows = rows[valid[rows]]
+                if rows.numel() == 0:
+                    continue
+                gate, up = (x[rows] @ w_in[j]).chunk(2, dim=-1)
+                f = (up * act(gate)) @ w_out[j]
+                self.moments.add(j, scores[rows, j], f.float().norm(dim=-1))
+
+        self._handles.append(router.register_forward_hook(on_router))
