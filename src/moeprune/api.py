@@ -104,6 +104,12 @@ def load_stats(path: str | os.PathLike[str], ckpt: Checkpoint, moe: MoeModel) ->
     """A STATS folder, checked against the model."""
     stats = RoutingStats.load(path)
     stats.check_model(ckpt, moe, path)
+    mtp = [layer.index for layer in moe.layers if layer.index >= moe.n_layers]
+    if mtp:
+        raise InputError(
+            f"this checkpoint has multi-token-prediction layers ({mtp[0]}...) that transformers does not run, so "
+            "calibration has no statistics for them; use a weight criterion (e.g. aimer)"
+        )
     return stats
 
 

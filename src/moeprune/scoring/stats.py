@@ -138,7 +138,8 @@ class RoutingStats:
         """Refuse statistics collected on another model."""
         want = {"family": model.family.model_type, "n_experts": model.n_experts}
         got = {"family": self.meta.get("family"), "n_experts": self.n_experts}
-        if want != got or self.layers != [layer.index for layer in model.layers]:
+        trunk = [layer.index for layer in model.layers if layer.index < model.n_layers]
+        if want != got or self.layers != trunk:
             raise InputError(
                 f"{folder}: statistics of another model ({got['family']}, {got['n_experts']} experts, "
                 f"{len(self.layers)} MoE layers; this one: {want['family']}, {want['n_experts']} experts, "
