@@ -250,7 +250,7 @@ def _pack(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
     need = samples * seq_len
     parts: list[np.ndarray] = []
-    total = used_docs = 0
+    total = used_docs = seen_docs = 0
     pending: list[str] = []
     it = iter(documents)
     exhausted = False
@@ -268,6 +268,7 @@ def _pack(
                 pending.append(doc)
         if not pending:
             break
+        seen_docs += len(pending)
         encoded = tokenizer(pending, add_special_tokens=False, verbose=False)["input_ids"]
         for ids in encoded:
             if not ids:
@@ -281,6 +282,8 @@ def _pack(
             used_docs += 1
             if total >= need:
                 break
+    if total == 0 and seen_docs:
+        raise InputError(f"{where}: the tokenizer turns its text into no tokens (is it the model's tokenizer?)")
     if total == 0:
         raise InputError(f"{where}: yields no tokens (no non-empty document)")
     flat = np.concatenate(parts)[:need]  # (T,)

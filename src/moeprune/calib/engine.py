@@ -237,13 +237,13 @@ def calibrate(
         folder = Path(out) if out is not None else None
         stats = RoutingStats.zeros(stats_layers, moe.n_experts, meta | {"finished_layers": []})
         start = 0
-        if resume:
-            stats, start = _resume(folder, meta, stats_layers)
-        shard = tokens.shard(rank, world) if world > 1 else tokens
-        batches = list(shard.batches(batch_size))
         cache_dir = Path(offload_dir) / f"rank{rank}" if offload_dir else None
         if cache_dir is None and folder is not None:
             cache_dir = folder / CACHE / f"rank{rank}"
+        if resume:
+            stats, start = _resume(folder, meta, stats_layers, cache_dir)
+        shard = tokens.shard(rank, world) if world > 1 else tokens
+        batches = list(shard.batches(batch_size))
         cache = Cache(cache_dir, start - 1)
         skel = Skeleton(ckpt, moe, torch_dtype, dev)
         kwargs = []
@@ -276,7 +276,6 @@ def calibrate(
                 if observer is not None:
                     observer.detach()
                 skel.free_layer(i)
-            cache.advance()
             if observer is not None:
                 moments = observer.moments.a
                 if world > 1:
@@ -289,6 +288,11 @@ def calibrate(
             if folder is not None and rank == 0:
                 stats.meta["last_layer"] = i
                 stats.save(folder)
+            if world > 1 and folder is not None:
+                import torch.distributed as dist
+
+                dist.barrier()  # no rank drops layer i's inputs before rank 0 has recorded layer i
+            cache.advance()  # only now: until layer i is recorded, a resumed run restarts from its inputs
         stats.meta["finished_layers"] = stats_layers
         stats.meta["date"] = datetime.now(UTC).isoformat(timespec="seconds")
         stats.meta["n_tokens"] = tokens.n_tokens
@@ -311,7 +315,9 @@ def _to(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _resume(folder: Path | None, meta: dict[str, Any], layers: list[int]) -> tuple[RoutingStats, int]:
+def _resume(
+    folder: Path | None, meta: dict[str, Any], layers: list[int], cache_dir: Path | None
+) -> tuple[RoutingStats, int]:
     """The statistics and first unfinished layer of an interrupted run in ``folder``."""
     if folder is None or not (folder / "stats.json").is_file():
         raise InputError("--resume needs the STATS folder of an interrupted run (-o)")
@@ -321,6 +327,9 @@ def _resume(folder: Path | None, meta: dict[str, Any], layers: list[int]) -> tup
             raise InputError(f"{folder}: cannot resume: the run used another {key.replace('_', ' ')}")
     if "last_layer" not in stats.meta:
         raise InputError(f"{folder}: calibration already finished; nothing to resume")
-    if not (folder / CACHE).is_dir():
-        raise InputError(f"{folder}: cannot resume: its activation cache ({CACHE}) is gone")
+    if cache_dir is None or not cache_dir.is_dir():
+        raise InputError(
+            f"{folder}: cannot resume: its activation cache ({cache_dir}) is gone; "
+            "give the --offload-dir of the interrupted run, if it had one"
+        )
     return stats, int(stats.meta["last_layer"]) + 1
