@@ -317,16 +317,14 @@ def calibrate(
     from moeprune.calib.data import load_tokens
     from moeprune.calib.engine import calibrate as run
     from moeprune.calib.engine import distributed_rank
-    from moeprune.errors import OutputError
+    from moeprune.errors import InputError, OutputError
     from moeprune.io.reader import resolve
 
     rank = distributed_rank()
-    if output.exists() and not resume:
-        if not overwrite:
-            raise OutputError(f"{output} already exists; pass --resume to continue it or --overwrite to replace it")
-        if rank == 0:
-            shutil.rmtree(output)
+    if output.exists() and not resume and not overwrite:
+        raise OutputError(f"{output} already exists; pass --resume to continue it or --overwrite to replace it")
     path = resolve(model)
+    vocab = _vocab(path)
     tokenizer = None
     if not source.endswith((".npy", ".safetensors")):
         tokenizer = _tokenizer(path)
@@ -339,8 +337,12 @@ def calibrate(
         text_field=text_field,
         dataset_config=data_config,
         split=split,
-        vocab_size=_vocab(path),
+        vocab_size=vocab,
     )
+    if vocab is not None and int(tokens.input_ids.max()) >= vocab:
+        raise InputError(f"token id {int(tokens.input_ids.max())} is outside the model's vocabulary ({vocab} ids)")
+    if output.exists() and not resume and rank == 0:  # --overwrite: only once the data is known to be good
+        shutil.rmtree(output)
     if rank == 0:
         _note(
             ctx,
@@ -369,6 +371,9 @@ def calibrate(
 def _tokenizer(path: Path) -> Any:
     from moeprune.errors import InputError
 
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((path / n).is_file() for n in names):
+        raise InputError(f"{path}: has no tokenizer files; pass token ids instead (.npy/.safetensors)")
     try:
         from transformers import AutoTokenizer
 
