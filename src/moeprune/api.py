@@ -21,6 +21,7 @@ from moeprune.io import surgery
 from moeprune.io.reader import Checkpoint
 from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, make_plan, n_to_prune
+from moeprune.scoring.quant import is_quantized, quantized_moments
 from moeprune.scoring.stats import RoutingStats
 from moeprune.scoring.unified import NAMED, stats_criterion
 from moeprune.scoring.weights import WEIGHT_CRITERIA, layer_bytes, score_layers, weight_moments
@@ -142,8 +143,9 @@ def _score(
     out: dict[str, Scores] = {}
     weight = [n for n in names if n in WEIGHT_CRITERIA]
     if weight:
-        if any(WEIGHT_CRITERIA[n].needs_weights for n in weight):
-            _check_scorable(ckpt, moe)
+        if any(WEIGHT_CRITERIA[n].needs_weights for n in weight) and is_quantized(ckpt, moe):
+            moments = quantized_moments(ckpt, moe)  # FP8 / MXFP4: on the dequantized values
+        elif any(WEIGHT_CRITERIA[n].needs_weights for n in weight):
             total = sum(layer_bytes(ckpt, layer) for layer in moe.layers)
             moments = weight_moments(ckpt, moe, None if progress is None else lambda b: progress("score", b, total))
         else:
@@ -179,21 +181,6 @@ def pruned_overlap(
             ]
             out[a][b] = sum(jac) / len(jac)
     return out
-
-
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-
-
-def _check_scorable(ckpt: Checkpoint, moe: MoeModel) -> None:
-    """Weight criteria need plain float experts: quantized ones must be dequantized first."""
-    for layer in moe.layers:
-        for name in layer.expert_tensors:
-            dtype = ckpt.info(name).dtype
-            if dtype not in FLOAT_DTYPES or name.endswith(("_scale_inv", "_blocks", "_scales")):
-                raise InputError(
-                    f"{name!r} is quantized ({dtype}); weight criteria need dequantized experts, which this "
-                    "version does not do yet; use --criterion random or a bf16 checkpoint"
-                )
 
 
 def plan(

@@ -80,8 +80,8 @@ def first_key(cfg: Mapping[str, Any], keys: tuple[str, ...], what: str) -> tuple
 
 
 def is_weight(name: str) -> bool:
-    """Tensors pooled by weight criteria: matrices, not biases."""
-    return not name.endswith("bias")
+    """Tensors pooled by weight criteria: matrices, not biases or quantization scales."""
+    return not name.endswith(("bias", "_scale_inv", "_scales", "weight_scale", "weight_scale_2", "input_scale"))
 
 
 def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeModel:

@@ -16,10 +16,13 @@ sum w^2 = sum_b s_b^2 sum_b q^2, accumulated in float64.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
+from moeprune.arch.layout import MoeModel
 from moeprune.errors import InputError
+from moeprune.io.reader import Checkpoint
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 """|value| of the E2M1 codes 0..7 (bit 3 is the sign)."""
@@ -70,3 +73,72 @@ def fp8_block_moments(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int
     b = x.square().sum(dim=(1, 3), dtype=torch.float64)
     s = scale_inv.to(torch.float64)
     return rows * cols, float((a * s).sum()), float((b * s * s).sum())
+
+
+COMPANIONS = ("_scale_inv", "_scales", "weight_scale", "weight_scale_2", "input_scale")
+"""Suffixes of quantization companions: read with their weight, never pooled on their own."""
+PLAIN = ("F64", "F32", "F16", "BF16")
+
+
+def is_quantized(ckpt: Checkpoint, model: MoeModel) -> bool:
+    return any(
+        ckpt.info(n).dtype not in PLAIN or n.endswith(COMPANIONS)
+        for layer in model.layers
+        for n in layer.expert_tensors
+    )
+
+
+def _plain(x: torch.Tensor) -> tuple[int, float, float]:
+    v = x.reshape(-1).to(torch.float64)
+    return v.numel(), float(v.abs().sum()), float(torch.dot(v, v))
+
+
+def quantized_moments(ckpt: Checkpoint, model: MoeModel) -> dict[int, Any]:
+    """Pooled moments (``scoring.weights.Moments``) of every MoE layer of a checkpoint whose
+    experts are FP8 block-scaled or MXFP4, computed on the dequantized values."""
+    from moeprune.scoring.weights import Moments
+
+    block_cfg = (model.config.get("quantization_config") or {}).get("weight_block_size")
+    out: dict[int, Any] = {}
+    for layer in model.layers:
+        m = Moments.zeros(model.n_experts)
+        items: list[tuple[int, str, bool, set[str]]] = [
+            (j, name, False, set(names)) for j, names in layer.per_expert.items() for name in names
+        ]
+        items += [(j, name, True, set(layer.fused)) for name in layer.fused for j in range(model.n_experts)]
+        for j, name, fused, siblings in items:
+            if name.endswith(COMPANIONS) or name.endswith("bias"):
+                continue
+            n, a, b = _tensor_moments(ckpt, name, j if fused else None, siblings, block_cfg)
+            m.n[j] += n
+            m.sum_abs[j] += a
+            m.sum_sq[j] += b
+        out[layer.index] = m
+    return out
+
+
+def _tensor_moments(
+    ckpt: Checkpoint, name: str, j: int | None, siblings: set[str], block_cfg: list[int] | None
+) -> tuple[int, float, float]:
+    """Moments of weight ``name`` (expert ``j``'s slice of a fused tensor, or all of it)."""
+    rows = None if j is None else (j, j + 1)
+
+    def read(key: str) -> torch.Tensor:
+        t = ckpt.read(key, rows)
+        return t[0] if j is not None else t
+
+    info = ckpt.info(name)
+    if name.endswith("_blocks"):
+        scales = name[: -len("_blocks")] + "_scales"
+        if scales not in siblings:
+            raise InputError(f"{name!r}: MXFP4 blocks without their {scales!r}")
+        return mxfp4_moments(read(name), read(scales))
+    if info.dtype.startswith("F8"):
+        scale = name + "_scale_inv"
+        if scale not in siblings:
+            raise InputError(f"{name!r}: FP8 weight without block scales ({scale!r})")
+        q, s = read(name), read(scale)
+        return fp8_block_moments(q, s, block_size(tuple(q.shape), tuple(s.shape), block_cfg))
+    if info.dtype not in PLAIN:
+        raise InputError(f"{name!r}: cannot score {info.dtype} expert weights")
+    return _plain(read(name))
