@@ -20,7 +20,7 @@ from moeprune.errors import InputError, OutputError
 from moeprune.io import surgery
 from moeprune.io.reader import Checkpoint
 from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
-from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, make_plan, n_to_prune
+from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, check_feasible, make_plan, n_to_prune
 from moeprune.scoring.quant import is_quantized, quantized_moments
 from moeprune.scoring.stats import RoutingStats
 from moeprune.scoring.unified import NAMED, stats_criterion
@@ -212,8 +212,6 @@ def _plan(
     progress: Progress | None,
 ) -> PrunePlan:
     p = n_to_prune(moe.n_experts, ratio, n_prune)
-    from moeprune.plan import check_feasible
-
     check_feasible(moe.n_experts, moe.top_k, p, moe.groups)  # before the (long) scoring pass
     if scores is None:
         if criterion == "all":
