@@ -421,6 +421,165 @@ def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int
     click.echo(f"OK: {line}")
 
 
+class _TokenProgress(_Progress):
+    """Progress bars counted in tokens (the eval command's loops)."""
+
+    def __call__(self, stage: str, advance: int, total: int) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(
+                total=total, desc=stage, unit="tok", unit_scale=True, file=sys.stderr, dynamic_ncols=True
+            )
+        bar.update(advance)
+
+
+@cli.command("eval")
+@click.argument("model")
+@click.option("--base", help="The original checkpoint (folder or hub id): adds its perplexity, KL and agreement.")
+@click.option(
+    "--ppl",
+    "source",
+    help="Perplexity data: any --data that calibrate accepts (text, .jsonl/.json/.parquet, a Hugging Face "
+    "dataset id, token ids .npy/.safetensors used exactly as given). Text is packed in source order.",
+)
+@click.option("--tokens", default=100_000, show_default=True, help="Tokens to evaluate (text sources).")
+@click.option("--seq-len", type=int, help="Tokens per window [default: 2048, or max_position_embeddings if smaller].")
+@click.option("--batch-size", default=4, show_default=True, help="Windows per forward call.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (both models are loaded on it).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="auto: float32 on CPU, bfloat16 on CUDA.",
+)
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text in records.")
+@click.option("--data-config", default=None, help="Hugging Face dataset configuration (e.g. wikitext-2-raw-v1).")
+@click.option("--split", default="test", show_default=True, help="Hugging Face dataset split.")
+@click.option("--shuffle", is_flag=True, help="Take documents in seeded random order instead of source order.")
+@click.option("--seed", default=0, show_default=True, help="Seed of --shuffle.")
+@click.option("--tasks", help="Comma-separated lm-evaluation-harness tasks (needs moeprune[eval]).")
+@click.option("--limit", type=float, help="lm-eval: examples per task (a fraction if < 1).")
+@click.option(
+    "--include-path", type=click.Path(exists=True, file_okay=False, path_type=Path), help="lm-eval: extra task folder."
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="eval.json to write."
+)
+@click.pass_context
+def eval_(
+    ctx: click.Context,
+    model: str,
+    base: str | None,
+    source: str | None,
+    tokens: int,
+    seq_len: int | None,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    text_field: str,
+    data_config: str | None,
+    split: str,
+    shuffle: bool,
+    seed: int,
+    tasks: str | None,
+    limit: float | None,
+    include_path: Path | None,
+    output: Path,
+) -> None:
+    """Perplexity of MODEL (and --base), KL(base ‖ MODEL), top-1 agreement, lm-eval tasks -> eval.json."""
+    from moeprune.errors import InputError, OutputError
+    from moeprune.eval.perplexity import evaluate_lm
+
+    task_list = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+    if source is None and not task_list:
+        raise InputError("nothing to evaluate: give --ppl SOURCE and/or --tasks a,b")
+    if not output.parent.is_dir():
+        raise OutputError(f"{output}: folder {output.parent} does not exist")
+    if ctx.obj["quiet"]:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    bars = _TokenProgress(ctx.obj["quiet"])
+    try:
+        result = evaluate_lm(
+            model,
+            base=base,
+            source=source,
+            tokens=tokens,
+            seq_len=seq_len,
+            seed=seed,
+            shuffle=shuffle,
+            text_field=text_field,
+            dataset_config=data_config,
+            split=split,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            tasks=task_list,
+            limit=limit,
+            include_path=include_path,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    _write_json(output, result)
+    data = result["data"]
+    if data is not None:
+        _note(
+            ctx,
+            f"{data['n_sequences']} sequences x {data['seq_len']} tokens ({data['n_positions']} positions scored) "
+            f"from {data['source']}; sha256 {data['sha256'][:12]}",
+        )
+
+    def num(x: Any, spec: str = ".4f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    ppl = result["perplexity"]
+    if ppl is not None:
+        click.echo(f"{'':>16} {'pruned':>12} {'base':>12} {'ratio':>8}")
+        click.echo(f"{'perplexity':>16} {num(ppl['pruned']):>12} {num(ppl['base']):>12} {num(ppl['ratio']):>8}")
+        if result["kl_mean"] is not None:
+            click.echo(f"{'KL(base‖pruned)':>16} {num(result['kl_mean'], '.4g'):>12} nats/token")
+            click.echo(f"{'top-1 agreement':>16} {num(result['top1_agreement']):>12}")
+    if result["tasks"]:
+        click.echo(f"{'task':>16} {'metric':<10} {'pruned':>8} {'base':>8} {'recovery':>8}")
+    for task, r in result["tasks"].items():
+        base_score = (r["base"] or {}).get("score")
+        click.echo(
+            f"{task:>16} {r['metric'] or '-':<10} {num(r['pruned'].get('score')):>8} {num(base_score):>8} "
+            f"{num(r['recovery']):>8}"
+        )
+    _note(ctx, f"wrote {output}")
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="HTML file to write; the markdown summary (.md) and its PNG figures (<name>_files/) go beside it.",
+)
+@click.pass_context
+def report(ctx: click.Context, dirs: tuple[Path, ...], output: Path) -> None:
+    """Draw a report of one pruning run, or several to compare.
+
+    Each DIR is a folder written by `moeprune prune` (moeprune_plan.json, scores.csv, and eval.json
+    when evaluated). Needs matplotlib: pip install 'moeprune[report]'.
+    """
+    from moeprune.report import build_report
+
+    made = build_report(list(dirs), output)
+    _note(ctx, f"wrote {made}, {made.with_suffix('.md')} and {made.parent / (made.stem + '_files')}/")
+
+
 @cli.command("make-tiny")
 @click.argument("family")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
