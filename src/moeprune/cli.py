@@ -1,4 +1,5 @@
-"""The ``moeprune`` command line: inspect | score | prune | verify | make-tiny | families.
+"""The ``moeprune`` command line: inspect | score | calibrate | prune | verify | eval | report |
+make-tiny | families.
 
 The CLI owns all printing: results on stdout, progress bars and notes on stderr, and one
 ``error: ...`` line with a non-zero exit code (2 for bad input or arguments, 1 when verification
@@ -23,6 +24,10 @@ RATIO_HELP = (
 )
 
 
+BYTE_STAGES = {"score", "write"}
+"""Progress stages counted in bytes; the others (calibration layers, evaluation) count tokens."""
+
+
 class _Progress:
     """tqdm bars keyed by stage, fed by the library's progress callback."""
 
@@ -40,7 +45,7 @@ class _Progress:
             bar = self.bars[stage] = tqdm(
                 total=total,
                 desc=stage,
-                unit="tok" if stage.startswith("layer") else "B",
+                unit="B" if stage in BYTE_STAGES else "tok",
                 unit_scale=True,
                 unit_divisor=1024,
                 file=sys.stderr,
@@ -421,22 +426,6 @@ def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int
     click.echo(f"OK: {line}")
 
 
-class _TokenProgress(_Progress):
-    """Progress bars counted in tokens (the eval command's loops)."""
-
-    def __call__(self, stage: str, advance: int, total: int) -> None:
-        if self.quiet:
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(stage)
-        if bar is None:
-            bar = self.bars[stage] = tqdm(
-                total=total, desc=stage, unit="tok", unit_scale=True, file=sys.stderr, dynamic_ncols=True
-            )
-        bar.update(advance)
-
-
 @cli.command("eval")
 @click.argument("model")
 @click.option("--base", help="The original checkpoint (folder or hub id): adds its perplexity, KL and agreement.")
@@ -504,7 +493,7 @@ def eval_(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    bars = _TokenProgress(ctx.obj["quiet"])
+    bars = _Progress(ctx.obj["quiet"])
     try:
         result = evaluate_lm(
             model,
