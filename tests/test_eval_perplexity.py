@@ -220,7 +220,7 @@ def test_tasks_get_the_loaded_models(
     assert calls[0][2] == {"limit": 3, "include_path": None, "batch_size": 4, "device": "cpu"}
     assert got["tasks"]["arc"]["recovery"] == 0.8
     assert got["tasks"]["hella"]["metric"] == "acc"
-    assert got["tasks"]["hella"]["pruned"]["score"] == 0.5 and got["tasks"]["hella"]["base"]["score"] == 0.625
+    assert got["tasks"]["hella"]["score"] == 0.5 and got["tasks"]["hella"]["base"] == 0.625
     assert "recovery" in r.out and "0.8000" in r.out
 
 

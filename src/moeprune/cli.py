@@ -538,10 +538,8 @@ def eval_(
     if result["tasks"]:
         click.echo(f"{'task':>16} {'metric':<10} {'pruned':>8} {'base':>8} {'recovery':>8}")
     for task, r in result["tasks"].items():
-        base_score = (r["base"] or {}).get("score")
         click.echo(
-            f"{task:>16} {r['metric'] or '-':<10} {num(r['pruned'].get('score')):>8} {num(base_score):>8} "
-            f"{num(r['recovery']):>8}"
+            f"{task:>16} {r['metric'] or '-':<10} {num(r['score']):>8} {num(r['base']):>8} {num(r['recovery']):>8}"
         )
     _note(ctx, f"wrote {output}")
 

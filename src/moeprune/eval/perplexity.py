@@ -324,8 +324,8 @@ def _tasks(
     batch_size: int,
     device: str,
 ) -> dict[str, Any]:
-    """``{task: {"metric", "pruned": entry, "base": entry | None, "recovery": pruned / base score | None}}``,
-    each entry as ``run_tasks`` gives it (``{"metric", "score", "stderr"?, "n"}``)."""
+    """``{task: {"metric", "score", "stderr", "n", "base", "base_stderr", "recovery"}}``: the pruned
+    model's score, the base model's score (None without --base) and recovery = score / base."""
     try:
         from moeprune.eval import lmeval
     except ImportError as e:
@@ -344,8 +344,11 @@ def _tasks(
     return {
         task: {
             "metric": entry.get("metric"),
-            "pruned": entry,
-            "base": None if base is None else base.get(task),
+            "score": entry.get("score"),
+            "stderr": entry.get("stderr"),
+            "n": entry.get("n"),
+            "base": None if base is None else (base.get(task) or {}).get("score"),
+            "base_stderr": None if base is None else (base.get(task) or {}).get("stderr"),
             "recovery": ratios.get(task),
         }
         for task, entry in pruned.items()
