@@ -5,14 +5,28 @@ and `CRITERIA`. Heavy dependencies (transformers, lm-eval, matplotlib) are impor
 functions that need them.
 """
 
+from typing import Any
+
 from moeprune.api import CRITERIA, Scores, inspect, plan, prune, score
-from moeprune.calib.engine import calibrate
 from moeprune.errors import MoePruneError
-from moeprune.eval.perplexity import evaluate_lm as evaluate
 from moeprune.tiny import make_tiny
 from moeprune.verify import verify
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """`calibrate` and `evaluate` load torch and transformers: imported on first use only."""
+    if name == "calibrate":
+        from moeprune.calib.engine import calibrate
+
+        return calibrate
+    if name == "evaluate":
+        from moeprune.eval.perplexity import evaluate_lm
+
+        return evaluate_lm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CRITERIA",

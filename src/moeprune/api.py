@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moeprune.arch.layout import MoeModel, describe
 from moeprune.errors import InputError, OutputError
@@ -21,10 +21,11 @@ from moeprune.io import surgery
 from moeprune.io.reader import Checkpoint
 from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, check_feasible, make_plan, n_to_prune
-from moeprune.scoring.quant import is_quantized, quantized_moments
-from moeprune.scoring.stats import RoutingStats
 from moeprune.scoring.unified import NAMED, stats_criterion
 from moeprune.scoring.weights import WEIGHT_CRITERIA, layer_bytes, score_layers, weight_moments
+
+if TYPE_CHECKING:
+    from moeprune.scoring.stats import RoutingStats
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done_bytes_increment, total_bytes)."""
@@ -103,6 +104,8 @@ def _criteria(criterion: str, stats: RoutingStats | None) -> list[str]:
 
 def load_stats(path: str | os.PathLike[str], ckpt: Checkpoint, moe: MoeModel) -> RoutingStats:
     """A STATS folder, checked against the model."""
+    from moeprune.scoring.stats import RoutingStats
+
     stats = RoutingStats.load(path)
     stats.check_model(ckpt, moe, path)
     mtp = [layer.index for layer in moe.layers if layer.index >= moe.n_layers]
@@ -138,6 +141,7 @@ def _score(
     progress: Progress | None,
     stats: RoutingStats | None,
 ) -> dict[str, Scores]:
+    from moeprune.scoring.quant import is_quantized, quantized_moments
     from moeprune.scoring.weights import Moments
 
     out: dict[str, Scores] = {}

@@ -11,12 +11,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from moeprune.errors import InputError
-from moeprune.io.format import DTYPES, TensorInfo, read_bytes, read_header
+from moeprune.io.format import TensorInfo, read_bytes, read_header
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -104,6 +105,10 @@ class Checkpoint:
 
     def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """Tensor ``name`` (or rows ``lo:hi`` of its first axis) as a new CPU tensor."""
+        import torch
+
+        from moeprune.io.format import DTYPES
+
         info = self.info(name)
         shape = list(info.shape)
         start, nbytes = info.start, info.nbytes
@@ -121,6 +126,10 @@ class Checkpoint:
 
     def read_flat(self, name: str, first: int, count: int) -> torch.Tensor:
         """Elements ``first : first + count`` of tensor ``name`` (row-major), as a 1-D tensor."""
+        import torch
+
+        from moeprune.io.format import DTYPES
+
         info = self.info(name)
         size = info.itemsize
         buf = read_bytes(self._fd(info.file), info.start + first * size, count * size)
@@ -130,6 +139,12 @@ class Checkpoint:
         """Fill ``out`` with the bytes of ``file`` (one of this checkpoint's shards) from absolute
         offset ``start``, with no allocation: the streaming scorer's read (safe from any thread)."""
         return read_bytes(self._fd(file), start, len(out), out)
+
+    def prefetch(self, file: Path, start: int, nbytes: int) -> None:
+        """Ask the kernel to start reading a byte range of ``file`` into the page cache, without
+        waiting (streaming passes call it ahead of their reads; a no-op where unsupported)."""
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._fd(file), start, nbytes, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
         for fd in self._fds.values():

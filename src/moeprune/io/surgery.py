@@ -15,11 +15,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from moeprune.arch.layout import MoeLayer, MoeModel, text_config
 from moeprune.errors import InputError
-from moeprune.io.format import DTYPE_NAMES, TensorInfo
+from moeprune.io.format import TensorInfo
 from moeprune.io.reader import INDEX, SINGLE, Checkpoint
 from moeprune.io.writer import OutTensor, Range
 from moeprune.plan import PrunePlan
@@ -82,6 +80,8 @@ def _sliced(ckpt: Checkpoint, name: str, info: TensorInfo, axis: int, kept: list
         return OutTensor(name, info.dtype, tuple(shape), _row_ranges(info, kept), nbytes=nbytes)
 
     def make() -> bytes:
+        import torch
+
         t = ckpt.read(name).index_select(axis, torch.tensor(kept)).contiguous()
         return t.view(torch.uint8).numpy().tobytes()
 
@@ -181,7 +181,3 @@ def model_card(source: str, plan: PrunePlan, model: MoeModel, original: str | No
     if body.strip():
         lines += ["## Original model card", "", body]
     return "\n".join(lines)
-
-
-def dtype_name(t: torch.Tensor) -> str:
-    return DTYPE_NAMES[t.dtype]

@@ -16,35 +16,40 @@ sum w^2 = sum_b s_b^2 sum_b q^2, accumulated in float64.
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import torch
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from moeprune.arch.layout import MoeModel
 from moeprune.errors import InputError
 from moeprune.io.reader import Checkpoint
 
+if TYPE_CHECKING:
+    import torch
+
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 """|value| of the E2M1 codes 0..7 (bit 3 is the sign)."""
 
 
-def _byte_tables() -> tuple[torch.Tensor, torch.Tensor]:
+@cache
+def byte_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """For each byte: sum of |value| and of value^2 of its two FP4 codes."""
+    import torch
+
     mag = torch.tensor(FP4_VALUES * 2, dtype=torch.float64)  # code -> |value|, sign bit ignored
     lo, hi = mag[torch.arange(256) & 15], mag[torch.arange(256) >> 4]
     return lo + hi, lo * lo + hi * hi
-
-
-BYTE_ABS, BYTE_SQ = _byte_tables()
-"""For each byte: sum of |value| and of value^2 of its two FP4 codes."""
 
 
 def mxfp4_moments(blocks: torch.Tensor, scales: torch.Tensor) -> tuple[int, float, float]:
     """(n, sum|w|, sum w^2) of MXFP4 ``blocks`` [..., G, 16] with E8M0 ``scales`` [..., G]."""
     if blocks.shape[:-1] != scales.shape:
         raise InputError(f"MXFP4 blocks {list(blocks.shape)} do not match scales {list(scales.shape)}")
+    import torch
+
+    byte_abs, byte_sq = byte_tables()
     idx = blocks.to(torch.int64)
-    a = BYTE_ABS[idx].sum(-1)  # (..., G)
-    b = BYTE_SQ[idx].sum(-1)
+    a = byte_abs[idx].sum(-1)  # (..., G)
+    b = byte_sq[idx].sum(-1)
     scale = torch.exp2(scales.to(torch.float64) - 127.0)
     return blocks.numel() * 2, float((a * scale).sum()), float((b * scale * scale).sum())
 
@@ -63,6 +68,8 @@ def block_size(shape: tuple[int, ...], scale_shape: tuple[int, ...], configured:
 
 def fp8_block_moments(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> tuple[int, float, float]:
     """(n, sum|w|, sum w^2) of an FP8 weight [R, C] dequantized with per-block ``scale_inv``."""
+    import torch
+
     br, bc = block
     rows, cols = q.shape
     sr, sc = scale_inv.shape
@@ -89,6 +96,8 @@ def is_quantized(ckpt: Checkpoint, model: MoeModel) -> bool:
 
 
 def _plain(x: torch.Tensor) -> tuple[int, float, float]:
+    import torch
+
     v = x.reshape(-1).to(torch.float64)
     return v.numel(), float(v.abs().sum()), float(torch.dot(v, v))
 

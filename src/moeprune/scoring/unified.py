@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from moeprune.errors import InputError
 from moeprune.plan import LOWER_PRUNED
-from moeprune.scoring.stats import RoutingStats
+
+if TYPE_CHECKING:
+    from moeprune.scoring.stats import RoutingStats
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class StatsCriterion:
 
     def scores(self, stats: RoutingStats) -> dict[int, list[float]]:
         """One score per expert of every MoE layer."""
+        import torch
+
         out = {}
         for i in stats.layers:
             m = stats.layer(i)  # (E, 3, 3)
