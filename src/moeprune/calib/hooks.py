@@ -3,8 +3,9 @@
 For a standard MoE block, transformers calls ``experts(hidden [T, H], top_k_index [T, k],
 top_k_weights [T, k])`` with the model's own selection (after selection biases and group limits)
 and the weights it multiplies the expert outputs by (after renormalisation and scaling). The
-observer replaces that call: for every expert j that received tokens it runs the experts module
-itself on those rows only, routed to j with weight 1, which gives f_j(x) (before gating, with the
+observer replaces that call: it calls the experts module itself with every (token, slot) pair as
+a row of its own, routed to that slot's expert j alone with weight 1 (one call per chunk of
+``PAIRS_PER_CALL`` pairs), which gives f_j(x) on exactly the routed rows (before gating, with the
 family's own activation, layout and biases); it accumulates Σ g^α ‖f‖^β over the non-padding rows
 and returns Σ_j g_j f_j — the module's output — so the layer runs once and experts see only their
 routed tokens.
@@ -21,6 +22,9 @@ from typing import Any
 
 import torch
 
+PAIRS_PER_CALL = 1 << 14
+"""(token, expert) pairs per experts-module call: bounds the observer's extra memory (pairs x H)."""
+
 
 class Moments:
     """Float64 accumulators ``A[j, α, β] = Σ g^α ‖f‖^β`` for one MoE layer."""
@@ -33,6 +37,13 @@ class Moments:
         gp = torch.stack([torch.ones_like(g), g, g * g])  # (3, n)
         fp = torch.stack([torch.ones_like(norm), norm, norm * norm])  # (3, n)
         self.a[j] += gp @ fp.T
+
+    def add_pairs(self, j: torch.Tensor, g: torch.Tensor, norm: torch.Tensor) -> None:
+        """Add (expert ``j[n]``, gate ``g[n]``, norm ``norm[n]``) for n pairs at once."""
+        g, norm = g.to(torch.float64), norm.to(torch.float64)
+        gp = torch.stack([torch.ones_like(g), g, g * g], dim=1)  # (n, 3)
+        fp = torch.stack([torch.ones_like(norm), norm, norm * norm], dim=1)  # (n, 3)
+        self.a.index_add_(0, j, gp.unsqueeze(2) * fp.unsqueeze(1))  # (n, 3, 3) into (E, 3, 3)
 
 
 class Observer:
@@ -70,17 +81,22 @@ class Observer:
         if self.moments.a.device != hidden.device:
             self.moments.a = self.moments.a.to(hidden.device)
         valid = self._mask(hidden.shape[0], hidden.device)
-        out = torch.zeros_like(hidden)
-        for j in top_k_index.unique().tolist():
-            rows, slot = (top_k_index == j).nonzero(as_tuple=True)
-            one = torch.full((rows.numel(), 1), j, dtype=top_k_index.dtype, device=hidden.device)
-            unit = torch.ones((rows.numel(), 1), dtype=top_k_weights.dtype, device=hidden.device)
-            f = self._original(hidden[rows], one, unit, *args, **kwargs)  # (n, H): f_j(x), before gating
-            g = top_k_weights[rows, slot]
-            out.index_add_(0, rows, (f * g.unsqueeze(-1).to(f.dtype)).to(out.dtype))
-            keep = valid[rows]
+        n_tok, k = top_k_index.shape
+        out = torch.empty_like(hidden)
+        step = max(1, PAIRS_PER_CALL // k)
+        # One call per chunk of tokens: every (token, slot) pair is a row routed to its expert alone
+        # with weight 1, so the experts module runs each expert once, on its routed rows only.
+        for lo in range(0, n_tok, step):
+            hi = min(n_tok, lo + step)
+            ids = top_k_index[lo:hi].reshape(-1, 1)  # (n·k, 1), row t·k + s
+            g = top_k_weights[lo:hi].reshape(-1)  # (n·k,)
+            unit = torch.ones(ids.shape, dtype=top_k_weights.dtype, device=hidden.device)
+            x = hidden[lo:hi].repeat_interleave(k, dim=0)  # (n·k, H)
+            f = self._original(x, ids, unit, *args, **kwargs)  # (n·k, H): f_j(x), before gating
+            out[lo:hi] = (f * g.unsqueeze(-1).to(f.dtype)).view(hi - lo, k, -1).sum(dim=1).to(out.dtype)
+            keep = valid[lo:hi].repeat_interleave(k)  # (n·k,)
             if keep.any():
-                self.moments.add(j, g[keep], f[keep].float().norm(dim=-1))
+                self.moments.add_pairs(ids[keep, 0], g[keep], f[keep].float().norm(dim=-1))
         return out
 
     # -- scaled-input routing (Llama 4) -----------------------------------------------------------
