@@ -1,0 +1,333 @@
+"""Speed and memory of calibration (``moeprune calibrate``) against a plain forward and a dense observer.
+
+**Throughput** on a model that fits in RAM (a synthetic OLMoE-like bf16 checkpoint built with
+``moeprune.tiny.make_tiny``: hidden 1024, 64 experts of intermediate 512, top-8, 8 layers, vocab
+50304), over the same token windows (``tokens.npy``, random ids, 8 x 512 by default, batches of 4):
+
+- **calibrate**: ``moeprune.calib.engine.calibrate()`` in memory (no STATS folder), and with a STATS
+  folder (the CLI's path: the activation cache goes to disk). Its own layer-by-layer loading is
+  inside the measured time; the part spent outside the per-layer batch loops is reported as load;
+- **plain**: ``AutoModelForCausalLM.from_pretrained(MODEL)`` then ``model(input_ids, attention_mask)``
+  per batch (logits included), the whole model loaded; load time reported apart;
+- **dense**: the same whole-model forward plus the peers' observer (REAP): a forward hook on every
+  experts module that runs **every** expert on **every** token and accumulates the same float64
+  moments over the routed tokens (one expert at a time, no E x T x H buffer, so kinder than REAP).
+
+Every mode runs in a fresh process (``torch.set_num_threads(2)``), first on 64 tokens to warm up,
+then ``--repeat`` times over all batches; the best time counts. The process CPU time of each pass
+is recorded too: other jobs on a shared machine inflate wall time more than CPU time.
+
+**Memory**: ``moeprune -q calibrate`` on a synthetic OLMoE-shaped checkpoint >= 4 GB
+(make_synthetic.py, 8 layers by default: 7.1 GB) with a modest token count; peak RSS is
+``ru_maxrss`` of that child alone (``os.wait4``), compared with the checkpoint's bytes.
+
+    python benchmarks/bench_calibrate.py                          # throughput (bf16) and memory
+    python benchmarks/bench_calibrate.py --dtype bfloat16 float32 --repeat 3
+    python benchmarks/bench_calibrate.py --skip-throughput --mem-layers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_weights  # noqa: E402
+import make_synthetic  # noqa: E402
+
+ROOT = bench_weights.ROOT
+SHAPE = {
+    "hidden_size": 1024,
+    "intermediate_size": 512,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "head_dim": 64,
+    "num_experts": 64,
+    "num_experts_per_tok": 8,
+    "vocab_size": 50304,
+    "max_position_embeddings": 4096,
+    "norm_topk_prob": False,
+}
+MODES = ("calib", "calib-disk", "plain", "dense")
+
+
+def throughput_model() -> Path:
+    model = ROOT / "olmoe-h1024-e64-8L"
+    if not (model / "config.json").exists():
+        from moeprune.tiny import make_tiny
+
+        print(f"writing {model} ...", file=sys.stderr)
+        shutil.rmtree(model, ignore_errors=True)
+        make_tiny("olmoe", model, overrides=SHAPE, dtype="bfloat16", noise=0.02)
+    return model
+
+
+def token_file(n: int, seq_len: int, vocab: int, seed: int = 0) -> Path:
+    import numpy as np
+
+    path = ROOT / f"tokens-{n}x{seq_len}.npy"
+    if not path.exists():
+        ids = np.random.default_rng(seed).integers(0, vocab, size=(n, seq_len), dtype=np.int64)  # (N, L)
+        np.save(path, ids)
+    return path
+
+
+# -- worker (one mode, in a fresh process) ------------------------------------------------------------
+
+
+class DenseObserver:
+    """The peers' method: every expert on every token; moments over the routed tokens only."""
+
+    def __init__(self, model: Any):
+        from moeprune.calib.hooks import Moments
+
+        self.moments: list[Any] = []
+        self.handles = []
+        for layer in model.model.layers:
+            experts = layer.mlp.experts
+            m = Moments(experts.num_experts)
+            self.moments.append(m)
+            self.handles.append(experts.register_forward_hook(self._hook(m)))
+
+    @staticmethod
+    def _hook(m: Any) -> Any:
+        import torch.nn.functional as F
+
+        def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            hidden, idx, weights = args[:3]  # (T, H), (T, k), (T, k)
+            for j in range(module.num_experts):
+                gate, up = F.linear(hidden, module.gate_up_proj[j]).chunk(2, dim=-1)  # (T, I) each
+                f = F.linear(module.act_fn(gate) * up, module.down_proj[j])  # (T, H): f_j on every token
+                norm = f.float().norm(dim=-1)  # (T,)
+                rows, slot = (idx == j).nonzero(as_tuple=True)
+                m.add(j, weights[rows, slot], norm[rows])
+
+        return hook
+
+
+def worker(mode: str, model: str, tokens: str, dtype: str, batch_size: int, repeat: int, out: str) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    from moeprune.calib.data import load_tokens
+    from moeprune.calib.engine import calibrate
+
+    tok = load_tokens(tokens, None, vocab_size=SHAPE["vocab_size"])
+    batches = list(tok.batches(batch_size))
+    n_tok = tok.n_tokens
+    res: dict[str, Any] = {"mode": mode, "n_tokens": n_tok, "dtype": dtype, "batch_size": batch_size}
+    torch_dtype = getattr(torch, dtype)
+    times: list[float] = []
+    cpus: list[float] = []  # process CPU seconds of each pass (less sensitive to other processes than wall time)
+    if mode.startswith("calib"):
+        stats_dir = Path(out).with_suffix(".stats")
+        first = type(tok)(tok.input_ids[:1, :64], tok.attention_mask[:1, :64], "warm-up", 0, 64)
+        calibrate(model, first, dtype=dtype, batch_size=batch_size)  # warm-up: imports, kernels
+        loops: list[float] = []
+        for _ in range(repeat):
+            shutil.rmtree(stats_dir, ignore_errors=True)
+            t0, c0 = time.perf_counter(), time.process_time()
+            stats = calibrate(
+                model, tok, dtype=dtype, batch_size=batch_size, out=stats_dir if mode == "calib-disk" else None
+            )
+            times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+            loops.append(sum(stats.meta["seconds_per_layer"].values()))
+        shutil.rmtree(stats_dir, ignore_errors=True)
+        best = min(range(repeat), key=lambda r: times[r])
+        res["pass_s"], res["loop_s"] = times[best], loops[best]
+        res["load_s"] = times[best] - loops[best]
+        res["counts0"] = stats.moments[0][:, 0, 0].tolist()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        t0 = time.perf_counter()
+        net = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+        net.eval()
+        res["load_s"] = time.perf_counter() - t0
+        obs = DenseObserver(net) if mode == "dense" else None
+        with torch.no_grad():
+            ids, mask = batches[0]
+            net(input_ids=ids[:1, :64], attention_mask=mask[:1, :64], use_cache=False)  # warm-up
+            for _ in range(repeat):
+                if obs is not None:
+                    for m in obs.moments:
+                        m.a.zero_()
+                t0, c0 = time.perf_counter(), time.process_time()
+                for ids, mask in batches:
+                    net(input_ids=ids, attention_mask=mask, use_cache=False)
+                times.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0)
+        res["pass_s"] = min(times)
+        if obs is not None:
+            res["counts0"] = obs.moments[0].a[:, 0, 0].tolist()
+    res["times"], res["cpus"] = times, cpus
+    res["cpu_s"] = cpus[times.index(min(times))]
+    res["tok_s"] = n_tok / res["pass_s"]
+    Path(out).write_text(json.dumps(res))
+
+
+# -- driver -------------------------------------------------------------------------------------------
+
+
+def run_mode(mode: str, model: Path, tokens: Path, dtype: str, batch_size: int, repeat: int) -> dict[str, Any]:
+    out = ROOT / f"calib-{mode}-{dtype}.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, str(model), str(tokens), dtype]
+    cmd += [str(batch_size), str(repeat), str(out)]
+    r = bench_weights.run(cmd)
+    res: dict[str, Any] = json.loads(out.read_text())
+    res.update(rss_mb=r.rss_mb, others=r.others, process_wall_s=r.wall)
+    print(
+        f"  {dtype} {mode:<10} {res['tok_s']:8.1f} tokens/s  pass {res['pass_s']:6.2f} s  load {res['load_s']:5.2f} s  "
+        f"rss {r.rss_mb:7.0f} MB  others {100 * r.others:3.0f}%",
+        file=sys.stderr,
+    )
+    return res
+
+
+def throughput(dtypes: list[str], n: int, seq_len: int, batch_size: int, repeat: int) -> dict[str, Any]:
+    model = throughput_model()
+    tokens = token_file(n, seq_len, SHAPE["vocab_size"])
+    size = sum(f.stat().st_size for f in bench_weights.shards(model))
+    out: dict[str, Any] = {"model": str(model), "shape": SHAPE, "bytes": size, "tokens": str(tokens)}
+    subprocess.run(["sh", "-c", f"cat {model}/*.safetensors > /dev/null"], check=True)  # warm page cache
+    for dtype in dtypes:
+        res = {mode: run_mode(mode, model, tokens, dtype, batch_size, repeat) for mode in MODES}
+        a, b, c = res["calib"], res["plain"], res["dense"]
+        agree = sum(x == y for x, y in zip(a["counts0"], c["counts0"], strict=True)) / len(a["counts0"])
+        for r in res.values():
+            r.pop("counts0", None)
+        res["ratio_calib_plain"] = a["tok_s"] / b["tok_s"]
+        res["ratio_calib_dense"] = a["tok_s"] / c["tok_s"]
+        res["ratio_disk_plain"] = res["calib-disk"]["tok_s"] / b["tok_s"]
+        res["ratio_disk_dense"] = res["calib-disk"]["tok_s"] / c["tok_s"]
+        res["ratio_loop_plain"] = a["n_tokens"] / a["loop_s"] / b["tok_s"]
+        res["ratio_cpu_calib_plain"] = b["cpu_s"] / a["cpu_s"]
+        res["ratio_cpu_calib_dense"] = c["cpu_s"] / a["cpu_s"]
+        res["layer0_counts_equal"] = agree
+        print(
+            f"  {dtype}: calib/plain {res['ratio_calib_plain']:.2f}  calib/dense {res['ratio_calib_dense']:.2f}  "
+            f"(disk cache: {res['ratio_disk_plain']:.2f}, {res['ratio_disk_dense']:.2f}); "
+            f"layer-0 counts equal for {100 * agree:.0f}% of experts",
+            file=sys.stderr,
+        )
+        out[dtype] = res
+    return out
+
+
+def memory(layers: int, n: int, seq_len: int, batch_size: int, dtype: str) -> dict[str, Any]:
+    model = ROOT / f"olmoe-{layers}L"
+    if not (model / "config.json").exists():
+        print(f"writing {model} ...", file=sys.stderr)
+        make_synthetic.write(model, layers)
+    size = sum(f.stat().st_size for f in bench_weights.shards(model))
+    tokens = token_file(n, seq_len, make_synthetic.VOCAB)
+    stats = ROOT / "work" / f"calib-stats-{layers}L"
+    shutil.rmtree(stats, ignore_errors=True)
+    cmd = [*bench_weights.moeprune(), "-q", "calibrate", str(model), "--data", str(tokens), "--dtype", dtype]
+    cmd += ["--batch-size", str(batch_size), "-o", str(stats)]
+    print("  " + " ".join(cmd), file=sys.stderr)
+    r = bench_weights.run(cmd)
+    meta = json.loads((stats / "stats.json").read_text()) if (stats / "stats.json").exists() else {}
+    shutil.rmtree(stats, ignore_errors=True)
+    res = {
+        "model": str(model),
+        "bytes": size,
+        "cmd": " ".join(cmd),
+        "wall_s": r.wall,
+        "cpu_s": r.cpu,
+        "rss_bytes": r.rss_mb * 1024 * 1024,
+        "rss_ratio": r.rss_mb * 1024 * 1024 / size,
+        "others": r.others,
+        "n_tokens": n * seq_len,
+        "seconds_per_layer": meta.get("meta", meta).get("seconds_per_layer"),
+    }
+    print(
+        f"  calibrate {layers}L ({size / 1e9:.2f} GB): {r.wall:.1f} s, peak RSS {r.rss_mb / 1024:.2f} GiB "
+        f"= {res['rss_ratio']:.3f} x checkpoint, others {100 * r.others:.0f}%",
+        file=sys.stderr,
+    )
+    return res
+
+
+def table(res: dict[str, Any]) -> str:
+    lines = []
+    if "throughput" in res:
+        t = res["throughput"]
+        lines += [
+            f"Throughput model: `{t['model']}` ({t['bytes'] / 1e9:.2f} GB), tokens `{t['tokens']}`.",
+            "",
+            "| dtype | mode | tokens/s | pass (s) | pass CPU (s) | load (s) | peak RSS (GB) | other load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for dtype in (k for k in t if k in ("bfloat16", "float32", "float16")):
+            for mode in MODES:
+                r = t[dtype][mode]
+                lines.append(
+                    f"| {dtype} | {mode} | {r['tok_s']:.1f} | {r['pass_s']:.1f} | {r['cpu_s']:.1f} | "
+                    f"{r['load_s']:.1f} | {r['rss_mb'] * 1048576 / 1e9:.2f} | {100 * r['others']:.0f}% |"
+                )
+        lines.append("")
+        for dtype in (k for k in t if k in ("bfloat16", "float32", "float16")):
+            r = t[dtype]
+            lines.append(
+                f"{dtype}: calibrate / plain = {r['ratio_calib_plain']:.2f} "
+                f"(STATS folder: {r['ratio_disk_plain']:.2f}; "
+                f"layer loops only: {r['ratio_loop_plain']:.2f}); calibrate / dense = {r['ratio_calib_dense']:.2f} "
+                f"(STATS folder: {r['ratio_disk_dense']:.2f}); by CPU time: {r['ratio_cpu_calib_plain']:.2f} and "
+                f"{r['ratio_cpu_calib_dense']:.2f}; layer-0 counts equal for {100 * r['layer0_counts_equal']:.0f}% "
+                "of experts"
+            )
+    if "memory" in res:
+        m = res["memory"]
+        lines += [
+            "",
+            f"Memory: `{m['cmd']}`: checkpoint {m['bytes'] / 1e9:.2f} GB, peak RSS {m['rss_bytes'] / 1e9:.2f} GB "
+            f"= {m['rss_ratio']:.3f} x checkpoint, {m['wall_s']:.1f} s wall, other load {100 * m['others']:.0f}%",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        mode, model, tokens, dtype, bs, repeat, out = argv[1:]
+        worker(mode, model, tokens, dtype, int(bs), int(repeat), out)
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dtype", nargs="+", default=["bfloat16"], help="dtypes of the throughput runs")
+    ap.add_argument("--samples", type=int, default=8, help="token windows")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=2, help="measured passes per mode (best counts)")
+    ap.add_argument("--mem-layers", type=int, default=8, help="layers of the make_synthetic.py checkpoint")
+    ap.add_argument("--mem-samples", type=int, default=4, help="token windows of the memory run")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("-o", "--output", type=Path, default=ROOT / "calib-results.json")
+    args = ap.parse_args(argv)
+    ROOT.mkdir(parents=True, exist_ok=True)
+    (ROOT / "work").mkdir(exist_ok=True)
+    res: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    if not args.skip_throughput:
+        res["throughput"] = throughput(args.dtype, args.samples, args.seq_len, args.batch_size, args.repeat)
+    if not args.skip_memory:
+        res["memory"] = memory(args.mem_layers, args.mem_samples, args.seq_len, args.batch_size, "bfloat16")
+    args.output.write_text(json.dumps(res, indent=1) + "\n")
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()
