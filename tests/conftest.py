@@ -4,7 +4,7 @@ and an in-process runner for the ``moeprune`` command line."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,18 @@ import pytest
 
 from moeprune.cli import main
 from moeprune.tiny import make_tiny
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread for a module: float32 results then do not depend on how work is split,
+    so runs compared bit for bit (batched vs not, several processes vs one) agree."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
