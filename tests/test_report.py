@@ -17,7 +17,7 @@ import pytest
 from moeprune.cli import main
 from moeprune.errors import InputError
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, LayerPlan, PrunePlan
-from moeprune.report import Run, build_report, jaccard, rankdata, spearman
+from moeprune.report import Run, build_report, jaccard, load_run, rankdata, spearman
 from moeprune.report.build import agreement, expected_jaccard
 
 Tiny = Callable[..., Path]
@@ -199,3 +199,180 @@ def test_agreement_orients_scores_by_direction() -> None:
     assert by["low vs other"].jaccard == [0.0] and by["low vs other"].spearman == [pytest.approx(-1.0)]
     assert by["low vs high"].random_jaccard == pytest.approx(expected_jaccard(4, 2))
     assert len(pairs) == 3 and len(notes) == 3 and all("share no MoE layer" in n for n in notes)
+
+
+# --- many runs: groups by plan size, a matrix per big group, shared score figures, one map grid --------
+
+MANY = [("aimer", 0), ("magnitude", 0), ("random", 0), ("random", 1)]  # (criterion, seed)
+"""Four scorings at two ratios: eight runs, two plan sizes (2 and 4 of 8 experts) of four runs each."""
+
+
+def _name(criterion: str, seed: int, percent: int) -> str:
+    return f"{criterion}{seed or ''}-{percent}"
+
+
+@pytest.fixture(scope="module")
+def many(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Nine pruned tiny qwen3_moe checkpoints (8 experts per layer): the eight of MANY, and aimer-75;
+    all but four evaluated."""
+    model = tiny("qwen3_moe")
+    root = tmp_path_factory.mktemp("many")
+    out = {}
+    for percent in (50, 25):
+        for criterion, seed in MANY:
+            name = _name(criterion, seed, percent)
+            out[name] = root / name
+            args = ["-c", criterion, "--seed", str(seed), "--ratio", str(percent / 100), "-o", str(out[name])]
+            main(["-q", "prune", str(model), *args])
+    out["aimer-75"] = root / "aimer-75"  # 6 of 8: no other run of its plan size
+    main(["-q", "prune", str(model), "--ratio", "0.75", "-o", str(out["aimer-75"])])
+    for k, name in enumerate(sorted(out)):
+        if name in ("magnitude-50", "random-50", "random1-50", "aimer-75"):
+            continue  # not evaluated
+        tasks = {"arc_easy": {"metric": "acc_norm", "score": 0.5, "base": 0.625, "recovery": 0.8}}
+        ev = {"base": "tiny-base", "perplexity": {"pruned": 100.0 + k, "base": 100.0, "ratio": 1 + k / 100}}
+        (out[name] / "eval.json").write_text(json.dumps({**ev, "kl_mean": 0.01 * (k + 1), "tasks": tasks}))
+    return out
+
+
+def _md_table(md: str, title: str) -> list[list[str]]:
+    """The body rows of the markdown table under ``### title``."""
+    lines = md.split(f"### {title}\n", 1)[1].strip().splitlines()
+    assert lines[1].startswith("|---")
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _pruned(run: Path) -> dict[int, set[int]]:
+    plan = json.loads((run / "moeprune_plan.json").read_text())
+    return {int(i): set(v["pruned"]) for i, v in plan["layers"].items()}
+
+
+@needs_mpl
+def test_report_of_many_runs(many: dict[str, Path], tmp_path: Path) -> None:
+    dirs = [many[n] for n in ("random1-50", "aimer-25", "magnitude-50", "random-25", "aimer-50", "random1-25")]
+    dirs += [many[n] for n in ("magnitude-25", "random-50")]
+    out = build_report(dirs, tmp_path / "report.html")
+    html = out.read_text()
+    md = (tmp_path / "report.md").read_text()
+    # sorted by plan size, then criterion in order of first appearance (random, aimer, magnitude), then as given
+    small = ["random-25", "random1-25", "aimer-25", "magnitude-25"]  # 2 of 8 pruned per layer
+    large = ["random1-50", "random-50", "aimer-50", "magnitude-50"]  # 4 of 8
+
+    # one matrix per plan size (4 runs = 6 pairs), one grid of maps, one figure per distinct scores
+    # (a criterion at both ratios shares one; random with another seed has other scores)
+    assert _titles(html) == [
+        "Evaluation by run and plan size",  # random twice per plan size: a row per run
+        "Agreement between runs, 2 of 8 experts pruned per layer",
+        "Agreement between runs, 4 of 8 experts pruned per layer",
+        "Scores per layer: random (random-25, random-50)",
+        "Scores per layer: random (random1-25, random1-50)",
+        "Scores per layer: aimer (aimer-25, aimer-50)",
+        "Scores per layer: magnitude (magnitude-25, magnitude-50)",
+        "Kept and pruned experts: 8 runs",
+    ]
+    assert html.count(IMG) == 8
+    assert f"Rows and columns: {', '.join(small)}." in html and f"Rows and columns: {', '.join(large)}." in html
+    assert "one panel per run: " in html and all(f"{n}-{p}" in html for n in ("aimer", "random1") for p in (25, 50))
+    # agreement only within a plan size: no pair table, no pair across sizes
+    assert "run A" not in html and " vs " not in html
+    pairs, notes = agreement([load_run(d) for d in dirs])
+    assert len(pairs) == 12 and not notes
+    assert all({p.a, p.b} <= set(small) or {p.a, p.b} <= set(large) for p in pairs)
+
+    # the matrix values: Jaccard below the diagonal, Spearman above, from the plans by hand
+    for names, size in ((small, "2 of 8"), (large, "4 of 8")):
+        rows = _md_table(md, f"Values: {size} experts pruned per layer")
+        assert [r[0] for r in rows] == [f"{i + 1}. {n}" for i, n in enumerate(names)]
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                cell = rows[i][j + 1]
+                if i == j:
+                    assert cell == ""
+                    continue
+                pa, pb = _pruned(many[a]), _pruned(many[b])
+                if i > j:
+                    by_hand = [len(pa[k] & pb[k]) / len(pa[k] | pb[k]) for k in sorted(pa)]
+                    assert cell == f"{sum(by_hand) / len(by_hand):.3f}", (a, b)
+                else:
+                    ra, rb = load_run(many[a]), load_run(many[b])
+                    sign = {"aimer": -1.0}  # higher pruned: negated so that higher means kept
+                    rho = [
+                        spearman(
+                            [sign.get(ra.plan.criterion, 1.0) * v for v in ra.scores[k]],
+                            [sign.get(rb.plan.criterion, 1.0) * v for v in rb.scores[k]],
+                        )
+                        for k in sorted(ra.scores)
+                    ]
+                    assert cell == f"{sum(rho) / len(rho):.3f}", (a, b)
+    # the same scores (a criterion at both ratios) give the same Spearman in both matrices
+    aimer_small = _md_table(md, "Values: 2 of 8 experts pruned per layer")[2]  # aimer-25
+    aimer_large = _md_table(md, "Values: 4 of 8 experts pruned per layer")[2]  # aimer-50
+    assert aimer_small[4] == aimer_large[4] != "—"  # against magnitude
+
+    # every run in the evaluation table, by plan size then criterion; dashes for the unevaluated
+    rows = _md_table(md, "Perplexity and agreement with the base model")
+    assert [r[0] for r in rows] == small + large
+    by = {r[0]: r for r in rows}
+    k = sorted(many).index("random1-25")  # the fixture's perplexity 100 + k, KL 0.01 (k + 1)
+    assert by["random1-25"][1:4] == ["random", "2 of 8", f"{100 + k}"]
+    assert by["random1-25"][6] == f"{0.01 * (k + 1):.4g}"
+    assert by["aimer-25"][3:6] == ["100", "100", "1"]
+    assert by["magnitude-50"][3:] == ["—"] * 5
+    assert "Not evaluated (no eval.json): random1-50, random-50, magnitude-50." in md
+    assert "Every evaluated run: base: tiny-base." in md
+    tasks = _md_table(md, "Tasks")
+    assert tasks[0] == ["base model", "—", "0", "0.625", "—"]
+    assert [t[0] for t in tasks[1:]] == [*small, "aimer-50"]
+    assert all(t[3:] == ["0.5 (80%)", "80%"] for t in tasks[1:])
+
+    # self-contained, and the markdown links every figure
+    assert not re.search(r"https?://", html) and "href=" not in html
+    assert re.findall(r'src="(?!data:image/png;base64,)', html) == []
+    links = re.findall(r"!\[[^\]]+\]\(([^)]+\.png)\)", md)
+    assert len(links) == 8 and all((tmp_path / link).read_bytes()[:4] == b"\x89PNG" for link in links)
+
+
+@needs_mpl
+def test_report_groups_of_few_pairs(many: dict[str, Path], tmp_path: Path) -> None:
+    """Two plan sizes of two runs each and one run alone: per-layer lines and a pair table per size."""
+    dirs = [many[n] for n in ("aimer-50", "magnitude-50", "aimer-75", "aimer-25", "magnitude-25")]
+    html = build_report(dirs, tmp_path / "r.html").read_text()
+    md = (tmp_path / "r.md").read_text()
+    assert _titles(html) == [
+        "Agreement of pruned experts per layer (Jaccard index): 2 of 8 experts pruned per layer",
+        "Agreement of expert scores per layer (Spearman correlation): 2 of 8 experts pruned per layer",
+        "Agreement of pruned experts per layer (Jaccard index): 4 of 8 experts pruned per layer",
+        "Agreement of expert scores per layer (Spearman correlation): 4 of 8 experts pruned per layer",
+        "Scores per layer: aimer (aimer-25, aimer-50, aimer-75)",
+        "Scores per layer: magnitude (magnitude-25, magnitude-50)",
+        "Kept and pruned experts: 5 runs",
+    ]
+    assert html.count(IMG) == 7  # three evaluated runs: no evaluation figure
+    assert "Not compared, no other run of their plan size: aimer-75 (6 of 8 experts pruned per layer)." in md
+    rows = _md_table(md, "2 of 8 experts pruned per layer: 2 runs")
+    a, b = _pruned(many["aimer-25"]), _pruned(many["magnitude-25"])
+    by_hand = [len(a[k] & b[k]) / len(a[k] | b[k]) for k in sorted(a)]
+    mean, least = f"{sum(by_hand) / len(by_hand):.3g}", f"{min(by_hand):.3g}"
+    # random 2 of 8: |A∩B| = 1 with probability 12/28, 2 with 1/28: 12/28 x 1/3 + 1/28 = 5/28
+    assert rows == [["aimer-25", "magnitude-25", "3", mean, least, "0.179", rows[0][6]]]
+    assert [r[:2] for r in _md_table(md, "4 of 8 experts pruned per layer: 2 runs")] == [["aimer-50", "magnitude-50"]]
+    assert "aimer-25 vs aimer-50" not in html and "aimer-75 vs" not in html and "vs aimer-75" not in html
+    # the runs of every plan size, each in the evaluation table
+    rows = _md_table(md, "Perplexity and agreement with the base model")
+    assert [r[0] for r in rows] == ["aimer-25", "magnitude-25", "aimer-50", "magnitude-50", "aimer-75"]
+
+
+def test_agreement_pairs_only_equal_plan_sizes() -> None:
+    a = _run("a", LOWER_PRUNED, [1.0, 2.0, 3.0, 4.0], [0, 1])
+    b = _run("b", LOWER_PRUNED, [1.0, 3.0, 2.0, 4.0], [0, 2])
+    c = _run("c", LOWER_PRUNED, [1.0, 2.0, 3.0, 4.0], [0])  # 1 of 4: compared with nothing
+    d = _run("d", LOWER_PRUNED, [4.0, 3.0, 2.0, 1.0], [3])
+    pairs, notes = agreement([a, c, b, d])
+    assert [(p.a, p.b) for p in pairs] == [("c", "d"), ("a", "b")] and not notes
+    assert pairs[0].jaccard == [0.0] and pairs[1].jaccard == [1 / 3]
+    assert pairs[0].random_jaccard == pytest.approx(expected_jaccard(4, 1)) == 0.25

@@ -5,10 +5,14 @@ and, when ``moeprune eval`` wrote one beside them, ``eval.json``. The report is 
 HTML file (figures embedded as base64 PNG, no external URLs) plus a markdown summary whose figures
 sit as PNG files in a ``<name>_files/`` folder beside it.
 
-Figures: per-layer score distributions with the pruned experts marked, a layer x expert map of
-kept and pruned experts, and, for several runs, their agreement per layer (Jaccard index of the
-pruned sets, Spearman correlation of the scores). Tables: the runs, their agreement, and the
-evaluation (perplexity, KL, top-1 agreement, task scores with recovery).
+Figures: per-layer score distributions with the pruned experts marked (one per distinct set of
+scores: a criterion at several ratios shares one), a layer x expert map of kept and pruned experts
+(one grid of small maps for more than three runs), and, for runs of the same plan size (experts
+pruned per layer), their agreement: per layer for a few pairs (Jaccard index of the pruned sets,
+Spearman correlation of the scores), or a runs x runs matrix of the means for many; with more than
+three evaluated runs, a dot plot of perplexity ratio, KL and top-1 agreement by criterion and plan
+size. Tables: the runs, their agreement (pairs, or the matrix values), and the evaluation of every
+run (perplexity, KL, top-1 agreement; task scores with recovery).
 
 ``build.py`` reads the runs, computes the agreement and writes the HTML and markdown;
 ``plots.py`` draws the figures with matplotlib (the ``[report]`` extra, imported lazily, Agg only).
