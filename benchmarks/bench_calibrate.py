@@ -9,6 +9,8 @@
   inside the measured time; the part spent outside the per-layer batch loops is reported as load;
 - **plain**: ``AutoModelForCausalLM.from_pretrained(MODEL)`` then ``model(input_ids, attention_mask)``
   per batch (logits included), the whole model loaded; load time reported apart;
+- **base**: the same, through ``model.model`` (the decoder stack without the LM head, which
+  calibration never runs), for reference;
 - **dense**: the same whole-model forward plus the peers' observer (REAP): a forward hook on every
   experts module that runs **every** expert on **every** token and accumulates the same float64
   moments over the routed tokens (one expert at a time, no E x T x H buffer, so kinder than REAP).
@@ -59,7 +61,7 @@ SHAPE = {
     "max_position_embeddings": 4096,
     "norm_topk_prob": False,
 }
-MODES = ("calib", "calib-disk", "plain", "dense")
+MODES = ("calib", "calib-disk", "plain", "base", "dense")
 
 
 def throughput_model() -> Path:
@@ -157,16 +159,17 @@ def worker(mode: str, model: str, tokens: str, dtype: str, batch_size: int, repe
         net.eval()
         res["load_s"] = time.perf_counter() - t0
         obs = DenseObserver(net) if mode == "dense" else None
+        fwd = net.model if mode == "base" else net  # base: the decoder stack without the LM head
         with torch.no_grad():
             ids, mask = batches[0]
-            net(input_ids=ids[:1, :64], attention_mask=mask[:1, :64], use_cache=False)  # warm-up
+            fwd(input_ids=ids[:1, :64], attention_mask=mask[:1, :64], use_cache=False)  # warm-up
             for _ in range(repeat):
                 if obs is not None:
                     for m in obs.moments:
                         m.a.zero_()
                 t0, c0 = time.perf_counter(), time.process_time()
                 for ids, mask in batches:
-                    net(input_ids=ids, attention_mask=mask, use_cache=False)
+                    fwd(input_ids=ids, attention_mask=mask, use_cache=False)
                 times.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
         res["pass_s"] = min(times)
@@ -197,14 +200,19 @@ def run_mode(mode: str, model: Path, tokens: Path, dtype: str, batch_size: int, 
     return res
 
 
-def throughput(dtypes: list[str], n: int, seq_len: int, batch_size: int, repeat: int) -> dict[str, Any]:
+def throughput(
+    dtypes: list[str], n: int, seq_len: int, batch_size: int, repeat: int, modes: list[str]
+) -> dict[str, Any]:
     model = throughput_model()
     tokens = token_file(n, seq_len, SHAPE["vocab_size"])
     size = sum(f.stat().st_size for f in bench_weights.shards(model))
     out: dict[str, Any] = {"model": str(model), "shape": SHAPE, "bytes": size, "tokens": str(tokens)}
     subprocess.run(["sh", "-c", f"cat {model}/*.safetensors > /dev/null"], check=True)  # warm page cache
     for dtype in dtypes:
-        res = {mode: run_mode(mode, model, tokens, dtype, batch_size, repeat) for mode in MODES}
+        res = {mode: run_mode(mode, model, tokens, dtype, batch_size, repeat) for mode in modes}
+        out[dtype] = res
+        if not {"calib", "calib-disk", "plain", "dense"} <= set(res):
+            continue
         a, b, c = res["calib"], res["plain"], res["dense"]
         agree = sum(x == y for x, y in zip(a["counts0"], c["counts0"], strict=True)) / len(a["counts0"])
         for r in res.values():
@@ -214,6 +222,8 @@ def throughput(dtypes: list[str], n: int, seq_len: int, batch_size: int, repeat:
         res["ratio_disk_plain"] = res["calib-disk"]["tok_s"] / b["tok_s"]
         res["ratio_disk_dense"] = res["calib-disk"]["tok_s"] / c["tok_s"]
         res["ratio_loop_plain"] = a["n_tokens"] / a["loop_s"] / b["tok_s"]
+        if "base" in res:
+            res["ratio_calib_base"] = a["tok_s"] / res["base"]["tok_s"]
         res["ratio_cpu_calib_plain"] = b["cpu_s"] / a["cpu_s"]
         res["ratio_cpu_calib_dense"] = c["cpu_s"] / a["cpu_s"]
         res["layer0_counts_equal"] = agree
@@ -223,7 +233,6 @@ def throughput(dtypes: list[str], n: int, seq_len: int, batch_size: int, repeat:
             f"layer-0 counts equal for {100 * agree:.0f}% of experts",
             file=sys.stderr,
         )
-        out[dtype] = res
     return out
 
 
@@ -273,14 +282,14 @@ def table(res: dict[str, Any]) -> str:
             "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for dtype in (k for k in t if k in ("bfloat16", "float32", "float16")):
-            for mode in MODES:
+            for mode in (m for m in MODES if m in t[dtype]):
                 r = t[dtype][mode]
                 lines.append(
                     f"| {dtype} | {mode} | {r['tok_s']:.1f} | {r['pass_s']:.1f} | {r['cpu_s']:.1f} | "
                     f"{r['load_s']:.1f} | {r['rss_mb'] * 1048576 / 1e9:.2f} | {100 * r['others']:.0f}% |"
                 )
         lines.append("")
-        for dtype in (k for k in t if k in ("bfloat16", "float32", "float16")):
+        for dtype in (k for k in t if k in ("bfloat16", "float32", "float16") and "ratio_calib_plain" in t[k]):
             r = t[dtype]
             lines.append(
                 f"{dtype}: calibrate / plain = {r['ratio_calib_plain']:.2f} "
@@ -288,7 +297,7 @@ def table(res: dict[str, Any]) -> str:
                 f"layer loops only: {r['ratio_loop_plain']:.2f}); calibrate / dense = {r['ratio_calib_dense']:.2f} "
                 f"(STATS folder: {r['ratio_disk_dense']:.2f}); by CPU time: {r['ratio_cpu_calib_plain']:.2f} and "
                 f"{r['ratio_cpu_calib_dense']:.2f}; layer-0 counts equal for {100 * r['layer0_counts_equal']:.0f}% "
-                "of experts"
+                "of experts" + (f"; calibrate / base = {r['ratio_calib_base']:.2f}" if "ratio_calib_base" in r else "")
             )
     if "memory" in res:
         m = res["memory"]
@@ -314,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=2, help="measured passes per mode (best counts)")
     ap.add_argument("--mem-layers", type=int, default=8, help="layers of the make_synthetic.py checkpoint")
     ap.add_argument("--mem-samples", type=int, default=4, help="token windows of the memory run")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="throughput modes to run")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "calib-results.json")
@@ -322,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     (ROOT / "work").mkdir(exist_ok=True)
     res: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
     if not args.skip_throughput:
-        res["throughput"] = throughput(args.dtype, args.samples, args.seq_len, args.batch_size, args.repeat)
+        res["throughput"] = throughput(args.dtype, args.samples, args.seq_len, args.batch_size, args.repeat, args.modes)
     if not args.skip_memory:
         res["memory"] = memory(args.mem_layers, args.mem_samples, args.seq_len, args.batch_size, "bfloat16")
     args.output.write_text(json.dumps(res, indent=1) + "\n")

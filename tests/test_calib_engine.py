@@ -434,3 +434,18 @@ def test_cli_refusals(
     r = cli("calibrate", str(with_tokenizer), "--data", "someorg/no-such-data", *common, "-o", str(tmp_path / "c"))
     one_line_error(r, "someorg/no-such-data", "could not load the Hugging Face dataset")
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+# --- CUDA ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_matches_cpu(model: Path, tokens: TokenBatch, reference: Path, tmp_path: Path) -> None:
+    """The same run on the GPU: identical routing counts, float32 moments within GPU rounding, and a
+    bfloat16 run that still routes every counted token to top_k experts in every layer."""
+    calibrate(model, tokens, out=tmp_path / "gpu", batch_size=BATCH, device="cuda")
+    got, want = moments(tmp_path / "gpu"), moments(reference)
+    assert torch.equal(got[..., 0, 0], want[..., 0, 0])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    calibrate(model, tokens, out=tmp_path / "bf16", batch_size=BATCH, device="cuda", dtype="bfloat16")
+    assert_counts(tmp_path / "bf16", N_SEQ * SEQ_LEN)
