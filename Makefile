@@ -25,13 +25,7 @@ lint: install
 	$(BIN)/mypy src
 
 demo: install
-	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(BIN)/moeprune make-tiny qwen3_moe $(DEMO)/model
-	$(BIN)/moeprune inspect $(DEMO)/model
-	$(BIN)/moeprune score $(DEMO)/model --criterion all -o $(DEMO)/scores.json
-	$(BIN)/moeprune prune $(DEMO)/model --criterion aimer --ratio 0.5 -o $(DEMO)/pruned-aimer-50
-	$(BIN)/moeprune verify $(DEMO)/model $(DEMO)/pruned-aimer-50
-	$(BIN)/moeprune inspect $(DEMO)/pruned-aimer-50
+	$(BIN)/moeprune demo -o $(DEMO) --overwrite
 
 bench: install
 	$(BIN)/python benchmarks/bench_weights.py
