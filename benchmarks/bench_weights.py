@@ -225,9 +225,15 @@ def machine() -> str:
         torch_v = md.version("torch")
     except Exception:
         torch_v = "?"
+    try:
+        from moeprune.scoring import _moments
+
+        kernel = f"native ({_moments.isa})"
+    except ImportError:
+        kernel = "numpy (the native one is not built)"
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Linux {platform.release()}; "
-        f"Python {platform.python_version()}, numpy {numpy.__version__}, torch {torch_v}"
+        f"Python {platform.python_version()}, numpy {numpy.__version__}, torch {torch_v}; scoring kernel {kernel}"
     )
 
 

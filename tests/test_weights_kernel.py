@@ -5,13 +5,18 @@ Covers every float dtype the kernel has a path for (bf16 and fp16 by bit pattern
 fp8 through torch), awkward lengths (odd, around the chunk size, empty), special values, the
 streaming pass with tiny chunks and pieces so that tensors cross many chunk and piece boundaries,
 several worker threads, per-expert and fused layouts, an all-zero expert (AIMER 0), and a read
-error inside a worker. No timing assertions.
+error inside a worker. The streaming pass runs with both kernels (the native ``_moments`` where it
+is built, and numpy); the native kernel is also checked on its own: every bf16 and fp16 bit
+pattern, offsets that are not page-aligned, many small mapping windows, both of its loops (AVX2
+and generic). No timing assertions.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +35,28 @@ RTOL_HALF_ABS = 1e-9
 """sum |w| of bf16/fp16: summed 16 at a time in float32 first (the accuracy requirement is 1e-9
 relative; measured ~1e-11 on thousands of values, ~1e-12 on 1e8)."""
 
+NATIVE_RTOL = 2e-13
+"""Native kernel, every dtype: exact values summed in float64, at most 1024 terms per vector lane
+(fp64; 256 for bf16/fp16), blocks added with compensation: a bound (~1.2e-13 at worst), not a
+measurement (~1e-16)."""
+
 HALF = ("bf16", "fp16")
+NATIVE = W._NATIVE
+needs_native = pytest.mark.skipif(NATIVE is None, reason="moeprune.scoring._moments is not built (no C compiler)")
+ISAS = sorted({"generic", NATIVE.isa}) if NATIVE is not None else []
+"""The native kernel's loops that this machine can run."""
+
+
+@pytest.fixture(params=["native", "numpy"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the streaming pass with the native kernel (skipped where not built) or with numpy."""
+    if request.param == "native" and NATIVE is None:
+        pytest.skip("moeprune.scoring._moments is not built")
+    if request.param == "numpy":
+        monkeypatch.setattr(W, "_NATIVE", None)
+    return str(request.param)
+
+
 CHUNK_VALUES = W.CHUNK_BYTES // 2
 """bf16/fp16 values per chunk with the default chunk size."""
 
@@ -193,7 +219,7 @@ def _check(moments: dict[int, W.Moments], pooled: dict[int, np.ndarray], half: b
     ("chunk", "piece", "threads"), [(W.CHUNK_BYTES, W.PIECE_BYTES, 2), (4, 12, 1), (8, 40, 3), (6, 9, 2)]
 )
 def test_weight_moments_per_expert(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, chunk: int, piece: int, threads: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str, dtype: str, chunk: int, piece: int, threads: int
 ) -> None:
     pooled = _per_expert_checkpoint(tmp_path / "m", dtype)
     monkeypatch.setattr(W, "CHUNK_BYTES", chunk)
@@ -213,7 +239,9 @@ def test_weight_moments_per_expert(
     assert score_layers(moments, "magnitude")[0][3] == 0.0
 
 
-def test_weight_moments_do_not_depend_on_threads_or_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weight_moments_do_not_depend_on_threads_or_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
+) -> None:
     _per_expert_checkpoint(tmp_path / "m", "bf16")
     results = []
     for chunk, piece, threads in [(W.CHUNK_BYTES, W.PIECE_BYTES, 1), (W.CHUNK_BYTES, W.PIECE_BYTES, 4), (4, 8, 3)]:
@@ -229,7 +257,7 @@ def test_weight_moments_do_not_depend_on_threads_or_chunks(tmp_path: Path, monke
         assert a == pytest.approx(b, rel=1e-14)
 
 
-def test_weight_moments_fused_layout(tiny: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weight_moments_fused_layout(tiny: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, kernel: str) -> None:
     """gpt-oss: fused gate_up_proj / down_proj with the expert on axis 0, and fused biases (excluded)."""
     path = tiny("gpt_oss", dtype="bfloat16")
     monkeypatch.setattr(W, "CHUNK_BYTES", 100)
@@ -250,7 +278,7 @@ def test_weight_moments_fused_layout(tiny: Callable[..., Path], monkeypatch: pyt
             _close((float(m.sum_abs[j]), float(m.sum_sq[j])), _exact(v), half=True)
 
 
-def test_weight_moments_match_whole_tensor_reads(tiny: Callable[..., Path]) -> None:
+def test_weight_moments_match_whole_tensor_reads(tiny: Callable[..., Path], kernel: str) -> None:
     """The streaming pass equals `accumulate` over whole tensors read with `Checkpoint.read`."""
     ckpt, moe = open_model(tiny("qwen3_moe", dtype="bfloat16"))
     with ckpt:
@@ -263,7 +291,8 @@ def test_weight_moments_match_whole_tensor_reads(tiny: Callable[..., Path]) -> N
 
 
 def test_weight_moments_read_error_in_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An error inside a worker thread reaches the caller (and nothing hangs)."""
+    """An error inside a worker thread reaches the caller (and nothing hangs): numpy kernel."""
+    monkeypatch.setattr(W, "_NATIVE", None)
     _per_expert_checkpoint(tmp_path / "m", "bf16")
     monkeypatch.setattr(W, "CHUNK_BYTES", 8)
     monkeypatch.setattr(W, "PIECE_BYTES", 16)
@@ -284,8 +313,188 @@ def test_weight_moments_read_error_in_a_worker(tmp_path: Path, monkeypatch: pyte
         weight_moments(ckpt, moe)
 
 
+@needs_native
+def test_weight_moments_native_error_in_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same with the native kernel: its OSError reaches the caller."""
+    _per_expert_checkpoint(tmp_path / "m", "bf16")
+    monkeypatch.setattr(W, "CHUNK_BYTES", 8)
+    monkeypatch.setattr(W, "PIECE_BYTES", 16)
+    monkeypatch.setattr(W, "_threads", lambda: 2)
+    calls = 0
+
+    class Flaky:
+        @staticmethod
+        def moments(*args: object) -> tuple[int, float, float]:
+            nonlocal calls
+            calls += 1
+            if calls == 25:
+                raise OSError(5, "Input/output error")
+            return NATIVE.moments(*args)  # type: ignore[union-attr,arg-type]
+
+    monkeypatch.setattr(W, "_NATIVE", Flaky)
+    ckpt, moe = open_model(tmp_path / "m")
+    with ckpt, pytest.raises(OSError, match="Input/output error"):
+        weight_moments(ckpt, moe)
+    assert calls >= 25  # the other worker may have gone on meanwhile
+
+
 def test_aimer_and_magnitude_from_moments() -> None:
     """The criteria are the documented functions of the moments (n, sum|w|, sum w^2)."""
-    m = W.Moments(np.array([4.0, 4.0, 9.0]), np.array([4.0, 2.0, 0.0]), np.array([4.0, 2.0, 0.0]))
+    m = W.Moments([4.0, 4.0, 9.0], [4.0, 2.0, 0.0], [4.0, 2.0, 0.0])
     assert WEIGHT_CRITERIA["aimer"].score(m, 0, 0) == pytest.approx([1.0, 2 / math.sqrt(8), 0.0])
     assert WEIGHT_CRITERIA["magnitude"].score(m, 0, 0) == pytest.approx([1.0, 0.5, 0.0])
+    arrays = W.Moments(*(np.array(v) for v in (m.n, m.sum_abs, m.sum_sq)))  # numpy arrays do as well
+    for name in ("aimer", "magnitude"):
+        assert WEIGHT_CRITERIA[name].score(arrays, 0, 0) == WEIGHT_CRITERIA[name].score(m, 0, 0)
+    nan = W.Moments([4.0, 4.0], [math.nan, math.inf], [math.nan, math.inf])  # as the numpy version did
+    assert WEIGHT_CRITERIA["aimer"].score(nan, 0, 0)[0] == 0.0
+    assert math.isnan(WEIGHT_CRITERIA["aimer"].score(nan, 0, 0)[1])
+
+
+# --- the native kernel on its own ---------------------------------------------------------------------
+
+NATIVE_DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp64": "F64"}
+LE_TYPES = {"bf16": "<i2", "fp16": "<f2", "fp32": "<f4", "fp64": "<f8"}
+"""numpy types of the little-endian values (bf16 as its bit patterns)."""
+PAGE = os.sysconf("SC_PAGESIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _le_bytes(dtype: str, n: int, seed: int) -> tuple[bytes, np.ndarray]:
+    """(little-endian bytes of n random ``dtype`` weights, their float64 values)."""
+    if dtype == "bf16":
+        bits = _bf16_bits(n, seed)
+        return bits.astype("<u2").tobytes(), _bf16_values(bits)
+    a = (np.random.default_rng(seed).standard_normal(n) * 0.02).astype(LE_TYPES[dtype])
+    return a.tobytes(), a.astype(np.float64)
+
+
+def _native(tmp_path: Path, data: bytes, dtype: str, pad: int = 0, **kw: object) -> tuple[int, float, float]:
+    """The native kernel over ``data``, written ``pad`` random bytes into a file (and followed by
+    random bytes, so that reading outside the range would show)."""
+    noise = np.random.default_rng(len(data) + pad).integers(0, 256, pad + 13, dtype=np.uint8).tobytes()
+    path = tmp_path / f"x-{pad}-{len(data)}.bin"
+    path.write_bytes(noise[:pad] + data + noise[pad:])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return NATIVE.moments(fd, pad, len(data), NATIVE_DTYPES.get(dtype, dtype), **kw)  # type: ignore[union-attr,arg-type]
+    finally:
+        os.close(fd)
+
+
+def _native_close(got: tuple[int, float, float], v: np.ndarray, rtol: float = NATIVE_RTOL) -> None:
+    want = _exact(v)
+    assert got[0] == v.size
+    for g, w in zip(got[1:], want, strict=True):
+        assert g == pytest.approx(w, rel=rtol, abs=0.0), (got, want)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "fp64"])
+def test_native_matches_exact_sums(tmp_path: Path, dtype: str, isa: str) -> None:
+    """Odd lengths, lengths around the kernel's blocks (4096 values) and vector widths, offsets not
+    page-aligned (nor even value-aligned), and windows of two or three pages, so that values of
+    the range straddle many window ends."""
+    for n in [0, 1, 2, 3, 7, 8, 9, 17, 33, 4095, 4096, 4097, 8193, 40_001]:
+        data, v = _le_bytes(dtype, n, seed=n)
+        for pad in [0, 1, 3, 6, PAGE - 3, PAGE, PAGE + 5]:
+            for window in [0, 2 * PAGE, 3 * PAGE]:
+                _native_close(_native(tmp_path, data, dtype, pad, window=window, isa=isa), v)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32", "fp64"])
+def test_native_equals_numpy_kernel(tmp_path: Path, dtype: str) -> None:
+    """Both kernels on the same values (the numpy one within its own accuracy)."""
+    data, v = _le_bytes(dtype, 3 * CHUNK_VALUES + 11, seed=5)
+    x = torch.from_numpy(np.frombuffer(data, LE_TYPES[dtype]).copy())
+    numpy_sums = accumulate(x.view(torch.bfloat16) if dtype == "bf16" else x)
+    got = _native(tmp_path, data, dtype, pad=5)
+    _native_close(got, v)
+    _close(got[1:], numpy_sums, half=dtype in HALF)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_native_every_half_bit_pattern(tmp_path: Path, dtype: str, isa: str) -> None:
+    """All 65536 bit patterns, 64 at a time (neighbouring patterns: similar magnitudes, so that any
+    value widened wrongly shows in its slice's sums): zeros, subnormals, normals, inf, NaN."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    v = _bf16_values(bits) if dtype == "bf16" else bits.view(np.float16).astype(np.float64)
+    path = tmp_path / "all.bin"
+    path.write_bytes(b"\x01" + bits.astype("<u2").tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for lo in range(0, 1 << 16, 64):
+            got = NATIVE.moments(fd, 1 + 2 * lo, 128, NATIVE_DTYPES[dtype], isa=isa)  # type: ignore[union-attr]
+            part = v[lo : lo + 64]
+            if np.isnan(part).any():
+                assert got[0] == 64 and math.isnan(got[1]) and math.isnan(got[2])
+            elif np.isinf(part).any():
+                assert got == (64, math.inf, math.inf)
+            else:
+                _native_close(got, part, rtol=1e-14)
+    finally:
+        os.close(fd)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_native_tiny_huge_and_special_wide_values(tmp_path: Path, isa: str) -> None:
+    f32 = np.array([0.0, -0.0, 1e-45, -1e-45, 1.2e-38, 3.4e38, -3.4e38, 1.0, 1e-30, 7.0], "<f4")
+    _native_close(_native(tmp_path, f32.tobytes(), "fp32", 3, isa=isa), f32.astype(np.float64), rtol=1e-15)
+    f64 = np.array([5e-324, 1e-300, 1e150, -2.0, 0.0], "<f8")
+    _native_close(_native(tmp_path, f64.tobytes(), "fp64", 1, isa=isa), f64, rtol=1e-15)
+    assert _native(tmp_path, np.array([1.0, 1e200], "<f8").tobytes(), "fp64", isa=isa)[2] == math.inf  # as numpy
+    for dtype in ("fp32", "fp64"):
+        a = np.array([1.0, np.inf, -2.0] * 20, "<f4" if dtype == "fp32" else "<f8")
+        assert _native(tmp_path, a.tobytes(), dtype, isa=isa) == (60, math.inf, math.inf)
+        a[7] = np.nan
+        got = _native(tmp_path, a.tobytes(), dtype, isa=isa)
+        assert got[0] == 60 and math.isnan(got[1]) and math.isnan(got[2])
+    assert _native(tmp_path, np.zeros(1001, "<u2").tobytes(), "bf16", isa=isa) == (1001, 0.0, 0.0)
+    assert _native(tmp_path, np.full(77, 0x8000, "<u2").tobytes(), "fp16", isa=isa) == (77, 0.0, 0.0)  # -0
+
+
+@needs_native
+def test_native_ten_million_bf16_values(tmp_path: Path) -> None:
+    """At scale, against float64 numpy (pairwise sums, ~1e-16): within the same bound."""
+    n = 10_000_019
+    data, v = _le_bytes("bf16", n, seed=3)
+    n_got, a, b = _native(tmp_path, data, "bf16", pad=PAGE + 2)
+    assert n_got == n
+    assert a == pytest.approx(float(np.abs(v).sum()), rel=NATIVE_RTOL, abs=0.0)
+    assert b == pytest.approx(float(np.square(v).sum()), rel=NATIVE_RTOL, abs=0.0)  # np.dot: ~1e-13 only
+
+
+@needs_native
+def test_native_refuses_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "short.bin"
+    path.write_bytes(bytes(100))
+    fd = os.open(path, os.O_RDONLY)
+    m = NATIVE.moments  # type: ignore[union-attr]
+    try:
+        assert m(fd, 100, 0, "BF16") == (0, 0.0, 0.0)
+        with pytest.raises(OSError, match="file ends at byte 100"):
+            m(fd, 50, 52, "BF16")
+        with pytest.raises(OSError, match="file ends"):
+            m(fd, 1 << 40, 2, "BF16")
+        with pytest.raises(ValueError, match="whole number"):
+            m(fd, 0, 3, "F16")
+        with pytest.raises(ValueError, match="dtype"):
+            m(fd, 0, 4, "F8_E4M3")
+        with pytest.raises(ValueError, match="negative"):
+            m(fd, -2, 4, "BF16")
+        with pytest.raises(ValueError, match="isa"):
+            m(fd, 0, 4, "BF16", isa="no-such-isa")
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        m(fd, 0, 4, "BF16")  # closed descriptor
+
+
+def test_numpy_kernel_when_the_native_one_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the extension was not built, the module still imports and picks numpy."""
+    monkeypatch.setitem(sys.modules, "moeprune.scoring._moments", None)  # import now raises ImportError
+    assert W._native_kernel() is None

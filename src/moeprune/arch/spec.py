@@ -80,4 +80,3 @@ class Family:
     saves per-expert keys by default: tiny checkpoints are written fused, as on the hub."""
     notes: str = ""
     """One line for the docs' family table."""
-

@@ -140,6 +140,12 @@ class Checkpoint:
         offset ``start``, with no allocation: the streaming scorer's read (safe from any thread)."""
         return read_bytes(self._fd(file), start, len(out), out)
 
+    def fileno(self, file: Path) -> int:
+        """The read-only descriptor of ``file`` (one of this checkpoint's shards), opened on first
+        use and closed by `close`: for readers that map or read it themselves (the native scoring
+        kernel). Safe from any thread; do not close it."""
+        return self._fd(file)
+
     def prefetch(self, file: Path, start: int, nbytes: int) -> None:
         """Ask the kernel to start reading a byte range of ``file`` into the page cache, without
         waiting (streaming passes call it ahead of their reads; a no-op where unsupported)."""

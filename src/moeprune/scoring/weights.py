@@ -10,10 +10,17 @@ criterion is a function of those moments, so ``--criterion all`` costs one pass:
 - ``random``: a uniform draw seeded by (seed, layer); LOW pruned (so p random experts go).
 
 The pass keeps every core busy: one worker thread per core (at most 8) takes runs of an
-expert's bytes, ``pread``s them 1 MiB at a time into its own buffer and reduces each chunk with a
-few numpy operations, which release the GIL; the kernel is asked to read ahead of the workers.
+expert's bytes (pieces of at most 16 MiB) and reduces them, releasing the GIL; the OS is asked to
+read ahead of the workers. A piece is reduced by one of two kernels, chosen once, by `_NATIVE`:
 
-Accuracy (relative, against float64 sums of the exact values):
+- the native one, ``moeprune.scoring._moments`` (C, built by setup.py where a C compiler exists;
+  bf16, fp16, fp32, fp64): it maps the piece from the page cache (no copy), widens every value
+  exactly to float64 and sums |w| and w^2 in float64, vectorized (AVX2 where the CPU has it).
+  Relative error within ~1e-15 for every dtype (measured on 1e8 values; see _moments.c);
+- otherwise numpy: ``pread`` 1 MiB at a time into the worker's own buffer and a few numpy
+  operations per chunk, accurate as follows.
+
+Accuracy of the numpy kernel (relative, against float64 sums of the exact values):
 
 - bf16 and fp16 are widened exactly to float32 (a bf16 is the top half of a float32 bit pattern,
   so two bit operations widen a pair of them). Their squares are exact in float32 (8 or 11
@@ -29,6 +36,7 @@ Accuracy (relative, against float64 sums of the exact values):
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import sys
@@ -38,21 +46,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from moeprune.arch.layout import MoeLayer, MoeModel, is_weight
 from moeprune.io.format import ITEMSIZE
 from moeprune.io.reader import Checkpoint
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED
 
+if TYPE_CHECKING:
+    import numpy as np  # imported where used: the native path never loads numpy (~0.14 s of startup)
+
 CHUNK_BYTES = 1 << 20
 """Bytes read and reduced at once by a worker: big enough that the numpy calls on it are long
 compared with handing the GIL to the other workers (each call releases it; 256 KiB chunks ran
 no faster on two threads than on one), small enough that the float64 copy stays in cache."""
-PIECE_BYTES = 4 << 20
-"""Bytes of one expert handed to a worker at once (a run of chunks)."""
+PIECE_BYTES = 16 << 20
+"""Bytes of one expert handed to a worker at once (a run of chunks). The native kernel maps a piece
+at once (so this bounds what each worker has mapped), and runs ~15 % faster on 16 MiB pieces
+than on 4 MiB ones (fewer calls, maps and unmaps)."""
 _GROUP = 16
 """bf16/fp16 |w| are summed 16 at a time in float32, then in float64."""
 _TINY = 2.0**-100
@@ -62,17 +73,31 @@ MAX_THREADS = 8
 _LITTLE = sys.byteorder == "little"
 
 
+def _native_kernel() -> Any:
+    """The C kernel module, or None where it was not built (then numpy does the work)."""
+    try:
+        return importlib.import_module("moeprune.scoring._moments")
+    except ImportError:
+        return None
+
+
+_NATIVE = _native_kernel()
+"""The one switch between the kernels (tests set it to None to run the numpy path)."""
+_NATIVE_DTYPES = frozenset({"BF16", "F16", "F32", "F64"})
+
+
 @dataclass
 class Moments:
-    """Pooled weight moments of every expert in one layer, float64 arrays of shape (E,)."""
+    """Pooled weight moments of every expert in one layer: sequences of E floats (lists here; any
+    indexable sequence, numpy arrays included, works with the criteria)."""
 
-    n: np.ndarray
-    sum_abs: np.ndarray
-    sum_sq: np.ndarray
+    n: list[float]
+    sum_abs: list[float]
+    sum_sq: list[float]
 
     @classmethod
     def zeros(cls, n_experts: int) -> Moments:
-        return cls(*(np.zeros(n_experts, dtype=np.float64) for _ in range(3)))
+        return cls([0.0] * n_experts, [0.0] * n_experts, [0.0] * n_experts)
 
 
 @dataclass(frozen=True)
@@ -86,16 +111,16 @@ class WeightCriterion:
 
 
 def _aimer(m: Moments, layer: int, seed: int) -> list[float]:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = m.sum_abs / np.sqrt(m.n * m.sum_sq)
-    return [float(v) for v in np.where(m.sum_sq > 0, s, 0.0)]
+    return [float(a / math.sqrt(n * q)) if q > 0 else 0.0 for n, a, q in zip(m.n, m.sum_abs, m.sum_sq, strict=True)]
 
 
 def _magnitude(m: Moments, layer: int, seed: int) -> list[float]:
-    return [float(v) for v in m.sum_abs / np.maximum(m.n, 1)]
+    return [float(a / max(n, 1)) for n, a in zip(m.n, m.sum_abs, strict=True)]
 
 
 def _random(m: Moments, layer: int, seed: int) -> list[float]:
+    import numpy as np
+
     return [float(v) for v in np.random.default_rng([seed, layer]).random(len(m.n))]
 
 
@@ -111,8 +136,8 @@ WEIGHT_CRITERIA: dict[str, WeightCriterion] = {
 
 def accumulate(x: Any) -> tuple[float, float]:
     """(sum |x|, sum x^2) of a float tensor (torch or numpy, any shape), accumulated as described
-    in the module docstring: sum |x| of bf16/fp16 within ~1e-10 relative, the rest to float64
-    rounding."""
+    in the module docstring for the numpy kernel: sum |x| of bf16/fp16 within ~1e-10 relative, the
+    rest to float64 rounding."""
     kind, flat = _as_numpy(x)
     step = max(1, CHUNK_BYTES // flat.itemsize)
     scratch = _Scratch(min(step, flat.size) * flat.itemsize)
@@ -126,6 +151,8 @@ def accumulate(x: Any) -> tuple[float, float]:
 
 def _as_numpy(x: Any) -> tuple[str, np.ndarray]:
     """(kind, 1-D numpy array) for the kernel: BF16/F16 as uint16 bit patterns, F32, F64."""
+    import numpy as np
+
     if isinstance(x, np.ndarray):
         flat = np.ascontiguousarray(x).reshape(-1)
         if flat.dtype.name == "bfloat16":  # ml_dtypes
@@ -152,6 +179,8 @@ class _Scratch:
     """One worker's buffers: any chunk of at most ``size`` bytes is reduced inside them."""
 
     def __init__(self, size: int | None = None) -> None:
+        import numpy as np
+
         size = max(8, CHUNK_BYTES if size is None else size)
         self.raw = bytearray(size)
         self.f = np.empty(size // 2 + _GROUP, np.float32)  # |x| of a chunk of 2-byte values, padded
@@ -161,6 +190,8 @@ class _Scratch:
 
 def _sums(kind: str, x: np.ndarray, s: _Scratch) -> tuple[float, float]:
     """(sum |x|, sum x^2) of one chunk; ``x`` as returned by `_as_numpy` (bit patterns for halves)."""
+    import numpy as np
+
     if kind in ("BF16", "F16") and _LITTLE:
         return _sums_half(x, kind == "BF16", s)
     d = s.wide[: x.size]
@@ -173,6 +204,8 @@ def _sums(kind: str, x: np.ndarray, s: _Scratch) -> tuple[float, float]:
 
 def _abs_half(bits: np.ndarray, bf16: bool, f: np.ndarray) -> None:
     """|x| of bf16 or fp16 bit patterns ``bits`` into ``f[:n]`` (float32, exact; in some order)."""
+    import numpy as np
+
     n = bits.size
     if not bf16:
         np.abs(bits.view(np.float16), out=f[:n])
@@ -190,6 +223,8 @@ def _abs_half(bits: np.ndarray, bf16: bool, f: np.ndarray) -> None:
 
 def _sums_half(bits: np.ndarray, bf16: bool, s: _Scratch) -> tuple[float, float]:
     """(sum |x|, sum x^2) of at most CHUNK_BYTES of bf16 or fp16 values given as uint16 bit patterns."""
+    import numpy as np
+
     n = bits.size
     _abs_half(bits, bf16, s.f)
     g = -(-n // _GROUP)
@@ -212,6 +247,8 @@ def _sums_half(bits: np.ndarray, bf16: bool, s: _Scratch) -> tuple[float, float]
 
 def _raw_sums(dtype: str, raw: bytearray, nbytes: int, s: _Scratch) -> tuple[float, float]:
     """(sum |x|, sum x^2) of the first ``nbytes`` of ``raw``, holding ``dtype`` values (safetensors name)."""
+    import numpy as np
+
     if dtype in ("BF16", "F16"):
         return _sums(dtype, np.frombuffer(raw, np.uint16, nbytes // 2), s)
     if dtype in ("F32", "F64"):
@@ -310,6 +347,9 @@ def _stream(
     local = threading.local()
 
     def work(piece: Piece) -> tuple[int, float, float]:
+        _, file, start, nbytes, dtype = piece
+        if _NATIVE is not None and dtype in _NATIVE_DTYPES:
+            return _NATIVE.moments(ckpt.fileno(file), start, nbytes, dtype)
         s = getattr(local, "scratch", None)
         if s is None:
             s = local.scratch = _Scratch()
