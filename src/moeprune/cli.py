@@ -588,10 +588,13 @@ def demo(ctx: click.Context, output: Path, ratios: str, calib_tokens: int, eval_
     library; calibration and held-out text are stdlib files it never saw. Prints the criterion x
     ratio table (held-out perplexity, KL to the original, top-1 agreement) and writes the report.
     """
-    from transformers.utils import logging as hf_logging
-
     from moeprune.demo import results_table, run_demo
     from moeprune.errors import InputError
+
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise InputError("the demo needs transformers: pip install 'moeprune[calib,report]'") from None
 
     try:
         fractions = [float(r) for r in ratios.split(",") if r.strip()]
@@ -602,6 +605,11 @@ def demo(ctx: click.Context, output: Path, ratios: str, calib_tokens: int, eval_
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     bars = _Progress(ctx.obj["quiet"])
+
+    def say(text: str) -> None:
+        bars.close()  # a finished stage's bars end before the next stage's line
+        _note(ctx, text)
+
     try:
         result = run_demo(
             output,
@@ -609,7 +617,7 @@ def demo(ctx: click.Context, output: Path, ratios: str, calib_tokens: int, eval_
             calib_tokens=calib_tokens,
             eval_tokens=eval_tokens,
             overwrite=overwrite,
-            say=lambda text: (bars.close(), _note(ctx, text)),
+            say=say,
             progress=bars,
         )
     finally:
