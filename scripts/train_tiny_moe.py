@@ -1,6 +1,6 @@
 """Train the bundled demo model: a small Qwen3-MoE on the Python standard library's own sources.
 
-    python scripts/train_tiny_moe.py                     # ~23 min on 2 CPU cores
+    python scripts/train_tiny_moe.py                     # ~20 min on 2 CPU cores
     python scripts/train_tiny_moe.py --steps 20 -o /tmp/x   # a quick smoke run
 
 Everything comes from the running interpreter, so it works offline:
@@ -12,9 +12,13 @@ Everything comes from the running interpreter, so it works offline:
 * **Tokenizer**: byte-level BPE (Hugging Face ``tokenizers``), ``--vocab`` tokens, trained on the
   training files only; ``<|endoftext|>`` separates files.
 * **Model**: ``Qwen3MoeForCausalLM`` from its transformers Config class: every layer MoE with
-  ``--experts`` routed experts, top-2, ``norm_topk_prob``, tied embeddings, load-balancing loss
-  (``router_aux_loss_coef``) on. AdamW, linear warm-up then cosine decay, gradient clipping, fixed
-  seed; random training windows of ``--seq-len`` tokens.
+  ``--experts`` routed experts, top-2, ``norm_topk_prob``, tied embeddings, and a load-balancing
+  loss **per layer** (``--aux`` x the Switch-Transformer loss of each layer, averaged over layers;
+  1 when balanced). transformers' own ``router_aux_loss_coef`` loss concatenates the router logits
+  of all layers, so expert i of one layer and expert i of another count as one expert and a layer
+  can leave experts dead (a first run with it left 5-6 of 16 experts per layer under a quarter of
+  their share). AdamW, linear warm-up then cosine decay, gradient clipping, fixed seed; random
+  training windows of ``--seq-len`` tokens.
 * **Outputs** (``-o``, default the package's bundled folder): the checkpoint in bfloat16 with its
   tokenizer, ``calib.jsonl`` and ``heldout.jsonl`` (the calibration and held-out files, one record
   each, capped),
@@ -106,7 +110,7 @@ def evaluate(model: Qwen3MoeForCausalLM, data: torch.Tensor, batch: int) -> tupl
         ids = data[i : i + batch]
         out = model(input_ids=ids, labels=ids, output_router_logits=True)
         n = ids[:, 1:].numel()
-        nll += (out.loss.item() - _aux(out, cfg)) * n
+        nll += out.loss.item() * n  # router_aux_loss_coef is 0 while training: the LM loss alone
         count += n
         for layer, logits in enumerate(out.router_logits):
             top = logits.topk(cfg.num_experts_per_tok, dim=-1).indices.flatten()
@@ -116,8 +120,21 @@ def evaluate(model: Qwen3MoeForCausalLM, data: torch.Tensor, batch: int) -> tupl
     return math.exp(nll / count), [[round(x, 4) for x in row] for row in load.tolist()]
 
 
-def _aux(out: Any, cfg: Qwen3MoeConfig) -> float:
-    return cfg.router_aux_loss_coef * out.aux_loss.item() if out.aux_loss is not None else 0.0
+def balance_loss(router_logits: tuple[torch.Tensor, ...], top_k: int) -> torch.Tensor:
+    """Mean over layers of E * sum_i f_i * P_i / top_k (f_i: share of the layer's routed slots that
+    expert i got, P_i: its mean router probability); 1 when the layer is balanced."""
+    losses = []
+    for logits in router_logits:  # (tokens, E) per layer
+        probs = logits.float().softmax(dim=-1)
+        top = logits.topk(top_k, dim=-1).indices
+        share = torch.zeros_like(probs).scatter_(1, top, 1.0).mean(dim=0) / top_k  # (E,), sums to 1
+        losses.append(probs.shape[1] * (share * probs.mean(dim=0)).sum())
+    return torch.stack(losses).mean()
+
+
+def underused(load: list[list[float]]) -> list[int]:
+    """Per layer, the experts that received less than a quarter of the uniform share."""
+    return [sum(x < 0.25 / len(row) for x in row) for row in load]
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -154,7 +171,7 @@ def cpu_name() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-o", "--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--steps", type=int, default=1800)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -164,7 +181,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--experts", type=int, default=16)
     ap.add_argument("--expert-size", type=int, default=128)
-    ap.add_argument("--aux", type=float, default=0.01, help="router_aux_loss_coef (load-balancing loss)")
+    ap.add_argument("--aux", type=float, default=0.02, help="weight of the per-layer load-balancing loss")
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--eval-windows", type=int, default=64)
     ap.add_argument("--text-chars", type=int, default=300_000, help="cap on calib.jsonl / heldout.jsonl")
@@ -200,7 +217,7 @@ def main() -> None:
         norm_topk_prob=True,
         decoder_sparse_step=1,
         mlp_only_layers=[],
-        router_aux_loss_coef=args.aux,
+        router_aux_loss_coef=0.0,  # the per-layer balance loss below replaces transformers' pooled one
         output_router_logits=True,
         tie_word_embeddings=True,
         max_position_embeddings=1024,
@@ -228,17 +245,18 @@ def main() -> None:
         ids = torch.from_numpy(np.stack([train_ids[s : s + args.seq_len] for s in starts]))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        out = model(input_ids=ids, labels=ids)
-        out.loss.backward()
+        out = model(input_ids=ids, labels=ids, output_router_logits=True)
+        aux = balance_loss(out.router_logits, config.num_experts_per_tok)
+        (out.loss + args.aux * aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        aux = _aux(out, config)
-        curve.append({"step": step + 1, "loss": round(out.loss.item() - aux, 4), "aux": round(aux, 5)})
+        curve.append({"step": step + 1, "loss": round(out.loss.item(), 4), "balance": round(aux.item(), 4)})
         if (step + 1) % 25 == 0:
             rate = (step + 1) * args.batch * args.seq_len / (time.perf_counter() - t_train)
             print(
-                f"step {step + 1}/{args.steps} loss {curve[-1]['loss']:.3f} aux {aux:.4f} ({rate:,.0f} tok/s)",
+                f"step {step + 1}/{args.steps} loss {curve[-1]['loss']:.3f} balance {aux.item():.3f}"
+                f" ({rate:,.0f} tok/s)",
                 flush=True,
             )
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
@@ -248,9 +266,10 @@ def main() -> None:
                     "step": step + 1,
                     "heldout_ppl": round(ppl, 3),
                     "minutes": round((time.perf_counter() - t_start) / 60, 2),
+                    "underused": underused(load),
                 }
             )
-            print(f"  held-out perplexity {ppl:.2f}", flush=True)
+            print(f"  held-out perplexity {ppl:.2f}; experts under 1/4 of uniform load: {underused(load)}", flush=True)
     train_s = time.perf_counter() - t_train
 
     out_dir: Path = args.out
@@ -307,11 +326,11 @@ def summary(log: dict[str, Any]) -> str:
         f" {log['train_minutes']} min training, {log['total_minutes']} min in all.",
         f"- Held-out perplexity of the saved bfloat16 checkpoint: **{log['heldout_ppl_bf16_checkpoint']}**.",
         "",
-        "| step | held-out perplexity | minutes |",
-        "|---:|---:|---:|",
-        *[f"| {e['step']} | {e['heldout_ppl']} | {e['minutes']} |" for e in log["evals"]],
+        "| step | held-out perplexity | minutes | underused experts per layer |",
+        "|---:|---:|---:|---|",
+        *[f"| {e['step']} | {e['heldout_ppl']} | {e['minutes']} | {e.get('underused', '-')} |" for e in log["evals"]],
         "",
-        "Loss curve (training loss without the auxiliary term, every 10th step):",
+        "Loss curve (language-model loss without the balance term, every 10th step):",
         "",
         "```",
         *_sparkline(log["loss_curve"]),
