@@ -64,14 +64,15 @@ SHAPE = {
 MODES = ("calib", "calib-disk", "plain", "base", "dense")
 
 
-def throughput_model() -> Path:
-    model = ROOT / "olmoe-h1024-e64-8L"
+def throughput_model(shape: dict[str, Any]) -> Path:
+    e, i = shape["num_experts"], shape["intermediate_size"]
+    model = ROOT / ("olmoe-h1024-e64-8L" if (e, i) == (64, 512) else f"olmoe-h1024-e{e}-i{i}-8L")
     if not (model / "config.json").exists():
         from moeprune.tiny import make_tiny
 
         print(f"writing {model} ...", file=sys.stderr)
         shutil.rmtree(model, ignore_errors=True)
-        make_tiny("olmoe", model, overrides=SHAPE, dtype="bfloat16", noise=0.02)
+        make_tiny("olmoe", model, overrides=shape, dtype="bfloat16", noise=0.02)
     return model
 
 
@@ -201,17 +202,24 @@ def run_mode(mode: str, model: Path, tokens: Path, dtype: str, batch_size: int, 
 
 
 def throughput(
-    dtypes: list[str], n: int, seq_len: int, batch_size: int, repeat: int, modes: list[str], dense_n: int | None
+    dtypes: list[str],
+    n: int,
+    seq_len: int,
+    batch_size: int,
+    repeat: int,
+    modes: list[str],
+    dense_n: int | None,
+    shape: dict[str, Any],
 ) -> dict[str, Any]:
     """``dense_n``: windows for the dense mode (default ``n``). Tokens/s is a steady-state rate for the
     whole-model modes (their load is timed apart), so the slow dense observer may run on fewer windows."""
-    model = throughput_model()
-    tokens = token_file(n, seq_len, SHAPE["vocab_size"])
-    dense_tokens = token_file(dense_n or n, seq_len, SHAPE["vocab_size"])
+    model = throughput_model(shape)
+    tokens = token_file(n, seq_len, shape["vocab_size"])
+    dense_tokens = token_file(dense_n or n, seq_len, shape["vocab_size"])
     size = sum(f.stat().st_size for f in bench_weights.shards(model))
     out: dict[str, Any] = {
         "model": str(model),
-        "shape": SHAPE,
+        "shape": shape,
         "bytes": size,
         "tokens": str(tokens),
         "dense_tokens": str(dense_tokens),
@@ -338,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", nargs="+", default=["bfloat16"], help="dtypes of the throughput runs")
     ap.add_argument("--samples", type=int, default=8, help="token windows")
     ap.add_argument("--dense-samples", type=int, help="token windows of the dense mode (default: --samples)")
+    ap.add_argument("--experts", type=int, default=SHAPE["num_experts"], help="routed experts of the throughput model")
+    ap.add_argument("--expert-size", type=int, default=SHAPE["intermediate_size"], help="their intermediate size")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=2, help="measured passes per mode (best counts)")
@@ -353,7 +363,14 @@ def main(argv: list[str] | None = None) -> None:
     res: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
     if not args.skip_throughput:
         res["throughput"] = throughput(
-            args.dtype, args.samples, args.seq_len, args.batch_size, args.repeat, args.modes, args.dense_samples
+            args.dtype,
+            args.samples,
+            args.seq_len,
+            args.batch_size,
+            args.repeat,
+            args.modes,
+            args.dense_samples,
+            {**SHAPE, "num_experts": args.experts, "intermediate_size": args.expert_size},
         )
     if not args.skip_memory:
         res["memory"] = memory(args.mem_layers, args.mem_samples, args.seq_len, args.batch_size, "bfloat16")
