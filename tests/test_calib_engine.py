@@ -449,3 +449,11 @@ def test_cuda_run_matches_cpu(model: Path, tokens: TokenBatch, reference: Path, 
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     calibrate(model, tokens, out=tmp_path / "bf16", batch_size=BATCH, device="cuda", dtype="bfloat16")
     assert_counts(tmp_path / "bf16", N_SEQ * SEQ_LEN)
+
+
+def test_cli_dtype_auto_is_float32_on_cpu(model: Path, ids: Path, cli: Any, tmp_path: Path) -> None:
+    """Without --dtype the CLI computes in float32 on CPU (bfloat16 is the choice on CUDA)."""
+    r = cli("calibrate", str(model), "--data", str(ids), "-o", str(tmp_path / "stats"))
+    assert r.code == 0, r
+    assert meta(tmp_path / "stats")["dtype"] == "float32"
+    assert_counts(tmp_path / "stats", N_SEQ * SEQ_LEN)

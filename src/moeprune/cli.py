@@ -285,7 +285,13 @@ def _load_scores(path: Path) -> Any:
 @click.option("--data-config", default=None, help="Hugging Face dataset configuration (e.g. en for allenai/c4).")
 @click.option("--split", default="train", show_default=True, help="Hugging Face dataset split.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="Compute dtype; auto = float32 on CPU (bf16 matmuls are slow without CPU support), bfloat16 on CUDA.",
+)
 @click.option("--batch-size", default=4, show_default=True, help="Sequences per forward call.")
 @click.option(
     "--offload-dir",
@@ -361,7 +367,7 @@ def calibrate(
             tokens,
             out=output,
             device=device,
-            dtype=dtype,
+            dtype=("float32" if device.startswith("cpu") else "bfloat16") if dtype == "auto" else dtype,
             batch_size=batch_size,
             resume=resume,
             offload_dir=offload_dir,
