@@ -25,7 +25,9 @@ RATIO_HELP = (
 
 
 BYTE_STAGES = {"score", "write"}
-"""Progress stages counted in bytes; the others (calibration layers, evaluation) count tokens."""
+"""Progress stages counted in bytes; the others count tokens (calibration layers, evaluation) or,
+for these, things."""
+COUNT_STAGES = {"models": "model"}
 
 
 class _Progress:
@@ -45,8 +47,8 @@ class _Progress:
             bar = self.bars[stage] = tqdm(
                 total=total,
                 desc=stage,
-                unit="B" if stage in BYTE_STAGES else "tok",
-                unit_scale=True,
+                unit="B" if stage in BYTE_STAGES else COUNT_STAGES.get(stage, "tok"),
+                unit_scale=stage not in COUNT_STAGES,
                 unit_divisor=1024,
                 file=sys.stderr,
                 dynamic_ncols=True,
