@@ -62,6 +62,8 @@ SHAPE = {
     "norm_topk_prob": False,
 }
 MODES = ("calib", "calib-disk", "plain", "base", "dense")
+DEVICE_ENV = "MOEPRUNE_BENCH_DEVICE"
+"""The throughput workers' device (cpu or cuda), passed from the driver through the environment."""
 
 
 def throughput_model(shape: dict[str, Any]) -> Path:
@@ -99,7 +101,7 @@ class DenseObserver:
         self.handles = []
         for layer in model.model.layers:
             experts = layer.mlp.experts
-            m = Moments(experts.num_experts)
+            m = Moments(experts.num_experts, device=experts.gate_up_proj.device)
             self.moments.append(m)
             self.handles.append(experts.register_forward_hook(self._hook(m)))
 
@@ -123,6 +125,8 @@ def worker(mode: str, model: str, tokens: str, dtype: str, batch_size: int, repe
     import torch
 
     torch.set_num_threads(2)
+    device = os.environ.get(DEVICE_ENV, "cpu")
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     from moeprune.calib.data import load_tokens
     from moeprune.calib.engine import calibrate
 
@@ -136,13 +140,18 @@ def worker(mode: str, model: str, tokens: str, dtype: str, batch_size: int, repe
     if mode.startswith("calib"):
         stats_dir = Path(out).with_suffix(".stats")
         first = type(tok)(tok.input_ids[:1, :64], tok.attention_mask[:1, :64], "warm-up", 0, 64)
-        calibrate(model, first, dtype=dtype, batch_size=batch_size)  # warm-up: imports, kernels
+        calibrate(model, first, dtype=dtype, batch_size=batch_size, device=device)  # warm-up: imports, kernels
         loops: list[float] = []
         for _ in range(repeat):
             shutil.rmtree(stats_dir, ignore_errors=True)
             t0, c0 = time.perf_counter(), time.process_time()
             stats = calibrate(
-                model, tok, dtype=dtype, batch_size=batch_size, out=stats_dir if mode == "calib-disk" else None
+                model,
+                tok,
+                dtype=dtype,
+                batch_size=batch_size,
+                device=device,
+                out=stats_dir if mode == "calib-disk" else None,
             )
             times.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
@@ -156,8 +165,9 @@ def worker(mode: str, model: str, tokens: str, dtype: str, batch_size: int, repe
         from transformers import AutoModelForCausalLM
 
         t0 = time.perf_counter()
-        net = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+        net = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, device_map={"": device})
         net.eval()
+        batches = [(ids.to(device), mask.to(device)) for ids, mask in batches]
         res["load_s"] = time.perf_counter() - t0
         obs = DenseObserver(net) if mode == "dense" else None
         fwd = net.model if mode == "base" else net  # base: the decoder stack without the LM head
@@ -171,11 +181,12 @@ def worker(mode: str, model: str, tokens: str, dtype: str, batch_size: int, repe
                 t0, c0 = time.perf_counter(), time.process_time()
                 for ids, mask in batches:
                     fwd(input_ids=ids, attention_mask=mask, use_cache=False)
+                sync()
                 times.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
         res["pass_s"] = min(times)
         if obs is not None:
-            res["counts0"] = obs.moments[0].a[:, 0, 0].tolist()
+            res["counts0"] = obs.moments[0].a[:, 0, 0].cpu().tolist()
     res["times"], res["cpus"] = times, cpus
     res["cpu_s"] = cpus[times.index(min(times))]
     res["tok_s"] = n_tok / res["pass_s"]
@@ -354,13 +365,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mem-layers", type=int, default=8, help="layers of the make_synthetic.py checkpoint")
     ap.add_argument("--mem-samples", type=int, default=4, help="token windows of the memory run")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="throughput modes to run")
+    ap.add_argument("--device", default="cpu", help="device of the throughput runs (cpu or cuda)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "calib-results.json")
     args = ap.parse_args(argv)
+    os.environ[DEVICE_ENV] = args.device
     ROOT.mkdir(parents=True, exist_ok=True)
     (ROOT / "work").mkdir(exist_ok=True)
-    res: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    res: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "device": args.device,
+    }
     if not args.skip_throughput:
         res["throughput"] = throughput(
             args.dtype,
