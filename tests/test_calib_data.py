@@ -446,6 +446,15 @@ def test_vocab_size_argument_and_no_tokenizer(tmp_path: Path) -> None:
         load_tokens(path, None, vocab_size=99)
 
 
+def test_text_tokenized_beyond_the_model_vocabulary_is_refused(tmp_path: Path, tok: Any) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("expert router token layer\n")
+    high = int(load_tokens(path, tok, samples=1, seq_len=4).input_ids.max())
+    assert load_tokens(path, tok, samples=1, seq_len=4, vocab_size=high + 1).n_tokens == 4
+    with pytest.raises(InputError, match=f"token id {high} is outside the vocabulary of {high}"):
+        load_tokens(path, tok, samples=1, seq_len=4, vocab_size=high)
+
+
 def test_bad_safetensors(tmp_path: Path, tok: Any) -> None:
     ids = torch.ones(2, 3, dtype=torch.int64)
     cases = {

@@ -330,7 +330,7 @@ def calibrate(
     from moeprune.calib.data import load_tokens
     from moeprune.calib.engine import calibrate as run
     from moeprune.calib.engine import distributed_rank
-    from moeprune.errors import InputError, OutputError
+    from moeprune.errors import OutputError
     from moeprune.io.reader import resolve
 
     rank = distributed_rank()
@@ -352,8 +352,6 @@ def calibrate(
         split=split,
         vocab_size=vocab,
     )
-    if vocab is not None and int(tokens.input_ids.max()) >= vocab:
-        raise InputError(f"token id {int(tokens.input_ids.max())} is outside the model's vocabulary ({vocab} ids)")
     if output.exists() and not resume and rank == 0:  # --overwrite: only once the data is known to be good
         shutil.rmtree(output)
     if rank == 0:

@@ -10,7 +10,8 @@ Sources, tried in this order:
   and optionally ``attention_mask`` [N, L] of 0/1). Used exactly as given: ``samples``, ``seq_len``,
   ``seed`` and ``shuffle`` neither resample nor repack it; the file wins and the batch reports its
   real shape. Checked: integer dtype, 2-D, non-empty, ids >= 0 and < ``vocab_size`` (the argument,
-  or ``len(tokenizer)`` when only a tokenizer is given). Without a mask every position counts.
+  or ``len(tokenizer)`` when only a tokenizer is given; text sources are checked against the
+  argument too). Without a mask every position counts.
   `TokenBatch.save` writes this format, so the tokens of any run can be reused or given to another
   tool, and load back with the same hash.
 * **Folder**: every ``.txt``/``.md``/``.rst``/``.py`` file below it (recursive, hidden files and
@@ -202,7 +203,9 @@ def load_tokens(
     """``samples`` windows of ``seq_len`` tokens from ``source`` (see the module docstring).
 
     ``tokenizer`` is a transformers tokenizer (needed for text sources; may be None for pre-tokenized
-    files). ``vocab_size`` bounds the ids of pre-tokenized files (default ``len(tokenizer)``).
+    files). ``vocab_size`` (the model's vocabulary) bounds every token id: a pre-tokenized file's
+    (default ``len(tokenizer)``) and a text source's (a tokenizer larger than the model's vocabulary
+    is refused).
     """
     if samples < 1 or seq_len < 1:
         raise InputError(f"samples and seq_len must be >= 1, got samples={samples}, seq_len={seq_len}")
@@ -237,7 +240,11 @@ def load_tokens(
             where += ", in file order"
     else:
         stream, where = _hub_documents(text, dataset_config, split, text_field, seed, shuffle, shuffle_buffer)
-    return _pack(stream, tokenizer, samples=samples, seq_len=seq_len, seed=seed, where=where)
+    batch = _pack(stream, tokenizer, samples=samples, seq_len=seq_len, seed=seed, where=where)
+    high = int(batch.input_ids.max())
+    if vocab_size is not None and high >= vocab_size:
+        raise InputError(f"{where}: token id {high} is outside the vocabulary of {vocab_size} ids (wrong tokenizer?)")
+    return batch
 
 
 # --- packing -----------------------------------------------------------------------------------
