@@ -108,7 +108,7 @@ def _run(
     from moeprune.calib.data import load_tokens
     from moeprune.calib.engine import calibrate
     from moeprune.errors import VerificationError
-    from moeprune.eval.perplexity import load_lm, score_tokens
+    from moeprune.eval.perplexity import eval_record, load_lm, score_tokens
     from moeprune.scoring.weights import WEIGHT_CRITERIA
     from moeprune.verify import verify
 
@@ -147,26 +147,8 @@ def _run(
         pruned = load_lm(folder, dtype="float32")
         ev = score_tokens(pruned, held, base=base, batch_size=batch_size)
         del pruned
-        entry = {
-            "model": str(out / "runs" / folder.name),
-            "base": str(model),
-            "data": {
-                "source": held.source,
-                "seq_len": held.seq_len,
-                "n_sequences": held.n_samples,
-                "n_tokens": held.n_tokens,
-                "n_positions": ev["n_positions"],
-                "sha256": held.sha256(),
-                "short": held.short,
-                "shuffle": False,
-                "seed": 0,
-            },
-            "perplexity": ev["perplexity"],
-            "kl_mean": ev["kl_mean"],
-            "top1_agreement": ev["top1_agreement"],
-            "tasks": {},
-            "settings": {"device": "cpu", "dtype": "float32", "batch_size": batch_size},
-        }
+        settings = {"device": "cpu", "dtype": "float32", "batch_size": batch_size}
+        entry = eval_record(out / "runs" / folder.name, model, settings, held, ev)
         (folder / "eval.json").write_text(json.dumps(entry, indent=2) + "\n")
         runs.append(
             {

@@ -127,7 +127,30 @@ def evaluate_lm(
     lm = _load(path, dev, torch_dtype)
     base_lm = _load(base_path, dev, torch_dtype) if base_path is not None else None
 
-    result: dict[str, Any] = {
+    settings = {"device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."), "batch_size": batch_size}
+    scores = None
+    if batch is not None:
+        scores = score_tokens(lm, batch, base=base_lm, batch_size=batch_size, chunk=chunk, progress=progress)
+    result = eval_record(model, base, settings, batch, scores, shuffle=shuffle, seed=seed)
+    if tasks:
+        result["tasks"] = _tasks(lm, base_lm, tokenizer, tasks, limit, include_path, batch_size, str(dev))
+    result["settings"]["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def eval_record(
+    model: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None,
+    settings: dict[str, Any],
+    batch: TokenBatch | None = None,
+    scores: dict[str, Any] | None = None,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``eval.json`` dictionary of ``model`` (against ``base``) from `score_tokens`' ``scores``
+    on ``batch`` (both None: no perplexity); ``tasks`` empty, for the caller to fill."""
+    record: dict[str, Any] = {
         "model": os.fspath(model),
         "base": None if base is None else os.fspath(base),
         "data": None,
@@ -135,11 +158,10 @@ def evaluate_lm(
         "kl_mean": None,
         "top1_agreement": None,
         "tasks": {},
-        "settings": {"device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."), "batch_size": batch_size},
+        "settings": settings,
     }
-    if batch is not None:
-        scores = score_tokens(lm, batch, base=base_lm, batch_size=batch_size, chunk=chunk, progress=progress)
-        result["data"] = {
+    if batch is not None and scores is not None:
+        record["data"] = {
             "source": batch.source,
             "seq_len": batch.seq_len,
             "n_sequences": batch.n_samples,
@@ -150,13 +172,10 @@ def evaluate_lm(
             "shuffle": shuffle,
             "seed": seed,
         }
-        result["perplexity"] = scores["perplexity"]
-        result["kl_mean"] = scores["kl_mean"]
-        result["top1_agreement"] = scores["top1_agreement"]
-    if tasks:
-        result["tasks"] = _tasks(lm, base_lm, tokenizer, tasks, limit, include_path, batch_size, str(dev))
-    result["settings"]["seconds"] = round(time.perf_counter() - started, 3)
-    return result
+        record["perplexity"] = scores["perplexity"]
+        record["kl_mean"] = scores["kl_mean"]
+        record["top1_agreement"] = scores["top1_agreement"]
+    return record
 
 
 def score_tokens(
