@@ -193,12 +193,12 @@ def results_table(result: dict[str, Any]) -> str:
     """The criterion x ratio table (markdown): held-out perplexity, KL and top-1 agreement."""
     ratios = sorted({r["ratio"] for r in result["runs"]})
     by = {(r["criterion"], r["ratio"]): r for r in result["runs"]}
-    names = list(dict.fromkeys(r["criterion"] for r in result["runs"]))
+    kinds = {r["criterion"]: r["kind"] for r in result["runs"]}  # criteria in run order
     head = "| criterion | kind |" + "".join(f" ppl {p:.0%} | KL {p:.0%} | top-1 {p:.0%} |" for p in ratios)
     rule = "|---|---|" + "---:|---:|---:|" * len(ratios)
     base = f" {result['base_perplexity']:.2f} | 0 | 1 |"
     lines = [head, rule, f"| original | - |{base * len(ratios)}"]
-    for name in names:
+    for name, kind in kinds.items():
         cells = ""
         for p in ratios:
             r = by.get((name, p))
@@ -207,5 +207,5 @@ def results_table(result: dict[str, Any]) -> str:
                 if r is None
                 else f" {r['perplexity']:.2f} | {r['kl_mean']:.3f} | {r['top1_agreement']:.3f} |"
             )
-        lines.append(f"| {name} | {by[next(k for k in by if k[0] == name)]['kind']} |{cells}")
+        lines.append(f"| {name} | {kind} |{cells}")
     return "\n".join(lines)
