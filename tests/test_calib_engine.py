@@ -42,6 +42,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from helpers import WORDS, one_line_error, save_word_tokenizer
 from moeprune.calib import engine
 from moeprune.calib.data import TokenBatch, load_tokens
 from moeprune.calib.engine import calibrate
@@ -49,7 +50,6 @@ from moeprune.scoring.stats import RoutingStats
 
 N_SEQ, SEQ_LEN, VOCAB, TOP_K, N_LAYERS, BATCH = 5, 16, 128, 2, 3, 2
 N_BATCHES = 3  # ceil(N_SEQ / BATCH)
-WORDS = ["expert", "router", "token", "layer", "weight", "gate", "norm", "moe", "prune", "keep", "score", "mean"]
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -86,16 +86,9 @@ def reference(model: Path, tokens: TokenBatch, tmp_path_factory: pytest.TempPath
 @pytest.fixture(scope="module")
 def with_tokenizer(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the tiny checkpoint with a word-level tokenizer (ids < 128; eos 1, pad 0)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     copy = tmp_path_factory.mktemp("tokenized") / "model"
     shutil.copytree(model, copy)
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    fast.save_pretrained(copy)
+    save_word_tokenizer(copy, WORDS)
     return copy
 
 
@@ -135,14 +128,6 @@ def assert_counts(folder: Path, n_tokens: int) -> None:
     assert m.shape == (N_LAYERS, 8, 3, 3)
     for layer in range(N_LAYERS):
         assert m[layer, :, 0, 0].sum().item() == TOP_K * n_tokens
-
-
-def one_line_error(result: Any, *needles: str) -> None:
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result
-    for needle in needles:
-        assert needle in lines[0], result
 
 
 class Spy:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import torch
 
+from helpers import one_line_error
 from moeprune.api import CRITERIA, inspect
 from moeprune.demo import BUNDLED, CALIB_FILE, HELDOUT_FILE
 
@@ -129,9 +130,6 @@ def test_demo_refuses_an_existing_folder_and_bad_ratios(demo: tuple[Path, str], 
         ["-o", str(tmp_path / "x"), "--ratios", "0.5,1.2"],
         ["-o", str(tmp_path / "x"), "--ratios", "half"],
     ):
-        r = cli("demo", *args)
-        assert r.code == 2, r
-        lines = r.err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), r
+        one_line_error(cli("demo", *args))
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert not (tmp_path / "x").exists()

@@ -20,6 +20,8 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
+from helpers import WORDS as BASE_WORDS
+from helpers import save_word_tokenizer
 from moeprune.errors import InputError
 from moeprune.eval import lmeval
 from moeprune.eval.lmeval import PAPER_METRICS, metric_for, recovery, run_tasks
@@ -27,8 +29,8 @@ from moeprune.verify import load_causal_lm
 
 DATA = Path(__file__).parent / "data" / "local_mc"
 N_ITEMS = 20
-WORDS = ["expert", "router", "token", "layer", "weight", "gate", "norm", "moe", "prune", "keep", "score", "mean"]
-WORDS += ["the", "experts", "a", "of", "Answer", "What", "Which", "pruning", "base", "two", "four", ":", "?"]
+QUESTION_WORDS = ["the", "experts", "a", "of", "Answer", "What", "Which", "pruning", "base", "two", "four", ":", "?"]
+WORDS = BASE_WORDS + QUESTION_WORDS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,19 +39,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def models(tiny: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(original with a word-level tokenizer, its 50 % pruned copy)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from moeprune.cli import main
 
     root = tmp_path_factory.mktemp("lmeval")
     base = root / "base"
     shutil.copytree(tiny("qwen3_moe"), base)
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    fast.save_pretrained(base)
+    save_word_tokenizer(base, WORDS)
     pruned = root / "pruned"
     try:
         main(["-q", "prune", str(base), "--ratio", "0.5", "-o", str(pruned)])

@@ -31,12 +31,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from helpers import WORDS, one_line_error, save_word_tokenizer
 from moeprune.calib.data import load_tokens
 from moeprune.eval import perplexity
 from moeprune.eval.perplexity import evaluate_lm, load_lm, score_tokens
 
 N_SEQ, SEQ_LEN, VOCAB = 5, 12, 128
-WORDS = ["expert", "router", "token", "layer", "weight", "gate", "norm", "moe", "prune", "keep", "score", "mean"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,16 +76,9 @@ def pruned(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def with_tokenizer(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the tiny checkpoint with a word-level tokenizer (ids < 128; eos 1, pad 0)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     copy = tmp_path_factory.mktemp("tokenized") / "model"
     shutil.copytree(model, copy)
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    fast.save_pretrained(copy)
+    save_word_tokenizer(copy, WORDS)
     return copy
 
 
@@ -98,14 +91,6 @@ def hand_nll(lm: Any, row: list[int]) -> list[float]:
         z = logits[t]
         out.append(float(torch.logsumexp(z, 0) - z[row[t + 1]]))
     return out
-
-
-def one_line_error(result: Any, *needles: str) -> None:
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result
-    for needle in needles:
-        assert needle in lines[0], result
 
 
 # --- perplexity against an independent computation ---------------------------------------------
