@@ -17,6 +17,8 @@ What the tests prove:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -69,9 +71,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
     out = tmp_path_factory.mktemp("demo") / "out"
     code = 0
-    import contextlib
-    import io
-
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         try:
