@@ -11,6 +11,7 @@ import json
 import math
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from moeprune.io import surgery
 from moeprune.io.reader import Checkpoint
 from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, check_feasible, make_plan, n_to_prune
+from moeprune.scoring.background import ScoringPass
 from moeprune.scoring.unified import NAMED, stats_criterion
 from moeprune.scoring.weights import WEIGHT_CRITERIA, layer_bytes, score_layers, weight_moments
 
@@ -249,9 +251,13 @@ def prune(
     overwrite: bool = False,
     max_shard_size: str | int = "5GB",
     dry_run: bool = False,
+    fsync: bool = False,
     progress: Progress | None = None,
 ) -> PrunePlan:
-    """Score, select and write the pruned checkpoint to ``out`` (atomically)."""
+    """Score, select and write the pruned checkpoint to ``out`` (atomically; with ``fsync``, also
+    durably). A weight criterion that reads the weights scores on a background thread while the
+    output is written, each layer's experts as soon as that layer is scored (so ``progress`` may
+    be called from that thread)."""
     out = Path(out)
     max_bytes = parse_size(max_shard_size)
     ckpt, moe = open_model(model)
@@ -264,19 +270,30 @@ def prune(
             raise OutputError(f"{out} contains the input checkpoint {ckpt.path}; choose another output folder")
         if target.exists() and not overwrite and not dry_run:
             raise OutputError(f"{out} already exists; pass --overwrite to replace it")
-        made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
         if dry_run:
-            return made
-        tensors = surgery.output_tensors(ckpt, moe, made)
+            return _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
+        scoring = _scoring_pass(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
+        if scoring is None:
+            made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
+            n_kept, kept = made.n_kept, lambda i: made.layers[i].kept
+        else:
+            n_kept, kept = moe.n_experts - scoring.n_prune, scoring.kept
+        tensors = surgery.output_tensors(ckpt, moe, n_kept, kept)
         total = sum(t.nbytes for t in tensors)
-        with atomic_folder(out, overwrite) as tmp:
+        with scoring or nullcontext(), atomic_folder(out, overwrite, durable=fsync) as tmp:
+            if scoring is not None:
+                scoring.start(list(dict.fromkeys(t.layer for t in tensors if t.layer is not None)))
             write_checkpoint(
                 tmp,
                 tensors,
                 {"format": "pt", **ckpt.metadata},
                 max_bytes,
                 None if progress is None else lambda b: progress("write", b, total),
+                durable=fsync,
             )
+            if scoring is not None:
+                made = scoring.plan()
+                made.ratio = ratio if ratio is not None else made.ratio
             (tmp / "config.json").write_text(json.dumps(surgery.pruned_config(moe, made), indent=2) + "\n")
             surgery.copy_side_files(ckpt.path, tmp)
             readme = ckpt.path / "README.md"
@@ -284,3 +301,27 @@ def prune(
             (tmp / "README.md").write_text(surgery.model_card(str(model), made, moe, original))
             made.save(tmp)
         return made
+
+
+def _scoring_pass(
+    ckpt: Checkpoint,
+    moe: MoeModel,
+    criterion: str,
+    ratio: float | None,
+    n_prune: int | None,
+    seed: int,
+    scores: Scores | None,
+    stats: str | os.PathLike[str] | None,
+    progress: Progress | None,
+) -> ScoringPass | None:
+    """A (not yet started) background pass for the criteria that read the weights, or None where
+    the plan is made first (given scores, statistics, random, quantized weights)."""
+    from moeprune.scoring.quant import is_quantized
+
+    c = WEIGHT_CRITERIA.get(criterion)
+    if scores is not None or stats is not None or c is None or not c.needs_weights or is_quantized(ckpt, moe):
+        return None
+    p = n_to_prune(moe.n_experts, ratio, n_prune)
+    check_feasible(moe.n_experts, moe.top_k, p, moe.groups)
+    total_progress = None if progress is None else lambda b, total: progress("score", b, total)
+    return ScoringPass(ckpt, moe, criterion, p, seed, total_progress)

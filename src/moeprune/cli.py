@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,15 +32,21 @@ COUNT_STAGES = {"models": "model"}
 
 
 class _Progress:
-    """tqdm bars keyed by stage, fed by the library's progress callback."""
+    """tqdm bars keyed by stage, fed by the library's progress callback (from any thread: prune
+    scores on one while it writes on another)."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.bars: dict[str, Any] = {}
+        self.lock = threading.Lock()
 
     def __call__(self, stage: str, advance: int, total: int) -> None:
         if self.quiet:
             return
+        with self.lock:
+            self._update(stage, advance, total)
+
+    def _update(self, stage: str, advance: int, total: int) -> None:
         from tqdm import tqdm
 
         bar = self.bars.get(stage)
@@ -56,9 +63,10 @@ class _Progress:
         bar.update(advance)
 
     def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-        self.bars.clear()
+        with self.lock:
+            for bar in self.bars.values():
+                bar.close()
+            self.bars.clear()
 
 
 def _note(ctx: click.Context, text: str) -> None:
@@ -209,6 +217,12 @@ def _write_json(path: Path, data: Any) -> None:
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard (5GB, 500MB, 2GiB).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT, once the new checkpoint is complete.")
+@click.option(
+    "--fsync",
+    is_flag=True,
+    help="Return only once the checkpoint is on disk (fsync every file and folder). Without it, as with cp, "
+    "the complete folder is renamed into place and the OS writes it to disk in its own time.",
+)
 @click.pass_context
 def prune(
     ctx: click.Context,
@@ -223,6 +237,7 @@ def prune(
     max_shard_size: str,
     dry_run: bool,
     overwrite: bool,
+    fsync: bool,
 ) -> None:
     """Remove the lowest-value routed experts from every MoE layer and write the checkpoint."""
     from moeprune.api import prune as run
@@ -242,6 +257,7 @@ def prune(
             overwrite=overwrite,
             max_shard_size=max_shard_size,
             dry_run=dry_run,
+            fsync=fsync,
             progress=bars,
         )
     finally:

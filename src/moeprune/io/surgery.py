@@ -12,11 +12,12 @@ from __future__ import annotations
 import copy
 import re
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from moeprune.arch.layout import MoeLayer, MoeModel, text_config
-from moeprune.errors import InputError
 from moeprune.io.format import TensorInfo
 from moeprune.io.reader import INDEX, SINGLE, Checkpoint
 from moeprune.io.writer import OutTensor, Range
@@ -28,12 +29,15 @@ WEIGHT_FILES = re.compile(
 REWRITTEN = {"config.json", "README.md"}
 
 
-def output_tensors(ckpt: Checkpoint, model: MoeModel, plan: PrunePlan) -> list[OutTensor]:
-    """Every output tensor with its byte source, in input file order."""
+def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callable[[int], list[int]]) -> list[OutTensor]:
+    """Every output tensor, in input file order, when every MoE layer keeps ``n_kept`` experts.
+
+    The layout depends only on ``n_kept``: output expert ``j`` of a layer takes the place of input
+    expert ``j``'s tensors. Which input bytes fill a layer's tensors is asked of ``kept(layer
+    index)`` (the layer's kept original ids, ascending) only when the writer reaches them, so the
+    plan may still be in the making while the rest is written."""
     roles: dict[str, tuple[MoeLayer, str, Any]] = {}
     for layer in model.layers:
-        if layer.index not in plan.layers:
-            raise InputError(f"the plan has no entry for MoE layer {layer.index}")
         for j, names in layer.per_expert.items():
             for name in names:
                 roles[name] = (layer, "expert", j)
@@ -52,17 +56,22 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, plan: PrunePlan) -> list[O
             )
             continue
         layer, kind, arg = role
-        lp = plan.layers[layer.index]
         if kind == "expert":
-            if arg in lp.pruned:
-                continue
-            new = renumber(name, arg, lp.kept.index(arg), model, layer)
-            out.append(
-                OutTensor(new, info.dtype, info.shape, [(info.file, info.start, info.nbytes)], nbytes=info.nbytes)
-            )
+            if arg < n_kept:  # the place of output expert `arg`
+                source = partial(_expert_source, ckpt, model, layer, name, arg, kept)
+                out.append(OutTensor(name, info.dtype, info.shape, make=source, nbytes=info.nbytes, layer=layer.index))
         else:
-            out.append(_sliced(ckpt, name, info, arg, lp.kept))
+            out.append(_sliced(ckpt, name, info, arg, n_kept, partial(kept, layer.index), layer.index))
     return out
+
+
+def _expert_source(
+    ckpt: Checkpoint, model: MoeModel, layer: MoeLayer, name: str, new: int, kept: Callable[[int], list[int]]
+) -> list[Range]:
+    """The input range of output tensor ``name`` (output expert ``new``): the same tensor of the
+    ``new``-th kept expert."""
+    src = ckpt.info(renumber(name, new, kept(layer.index)[new], model, layer))
+    return [(src.file, src.start, src.nbytes)]
 
 
 def renumber(name: str, old: int, new: int, model: MoeModel, layer: MoeLayer) -> str:
@@ -72,20 +81,22 @@ def renumber(name: str, old: int, new: int, model: MoeModel, layer: MoeLayer) ->
     return f"{prefix}{new}." + name[len(head) :]
 
 
-def _sliced(ckpt: Checkpoint, name: str, info: TensorInfo, axis: int, kept: list[int]) -> OutTensor:
+def _sliced(
+    ckpt: Checkpoint, name: str, info: TensorInfo, axis: int, n_kept: int, kept: Callable[[], list[int]], layer: int
+) -> OutTensor:
     shape = list(info.shape)
-    shape[axis] = len(kept)
-    nbytes = info.nbytes // info.shape[axis] * len(kept)
-    if axis == 0:
-        return OutTensor(name, info.dtype, tuple(shape), _row_ranges(info, kept), nbytes=nbytes)
+    shape[axis] = n_kept
+    nbytes = info.nbytes // info.shape[axis] * n_kept
 
-    def make() -> bytes:
+    def make() -> bytes | list[Range]:
+        if axis == 0:
+            return _row_ranges(info, kept())
         import torch
 
-        t = ckpt.read(name).index_select(axis, torch.tensor(kept)).contiguous()
+        t = ckpt.read(name).index_select(axis, torch.tensor(kept())).contiguous()
         return t.view(torch.uint8).numpy().tobytes()
 
-    return OutTensor(name, info.dtype, tuple(shape), make=make, nbytes=nbytes)
+    return OutTensor(name, info.dtype, tuple(shape), make=make, nbytes=nbytes, layer=layer)
 
 
 def _row_ranges(info: TensorInfo, kept: list[int]) -> list[Range]:

@@ -1,16 +1,22 @@
 """Streaming checkpoint writer: size-capped safetensors shards, an index, an atomic finish.
 
-The output layout (every tensor's name, dtype, shape and byte source) is fixed before the first
-byte is written, so headers are exact and each tensor's bytes are streamed straight from the
-input file ranges with ``copy_file_range`` (a kernel-side copy, like ``cp``). Only tensors sliced
-along an inner axis are materialised, one at a time. Everything is written into a temporary
-folder beside the target and renamed into place only when complete.
+The output layout (every tensor's name, dtype, shape and size) is fixed before the first byte is
+written, so headers are exact and every tensor has a known place in its shard. Each tensor's bytes
+are then streamed straight from input file ranges with ``copy_file_range`` (a kernel-side copy,
+like ``cp``) to that place; only tensors sliced along an inner axis are materialised, one at a
+time. Because places are fixed, the order of writing is free: a shard's tensors that do not depend
+on the pruning plan are written first, then each MoE layer's, so that a plan still being computed
+(prune scores layer by layer while it writes) is waited for as late as possible. Everything is
+written into a temporary folder beside the target and renamed into place only when complete.
 
-Durability: every shard is fsynced before the rename. To keep that from doubling the time, the
-kernel is asked to start writing each ``WRITEBACK_BYTES`` of a shard back to disk as soon as they
-are copied (``posix_fadvise(DONTNEED)`` starts write-back of dirty pages without waiting, and
-drops the output's clean pages, which nothing here reads again), so the disk works while the next
-bytes are copied and the final fsync waits only for the tail.
+Durability is opt-in (``durable``, ``moeprune prune --fsync``), as for ``cp`` and
+``save_pretrained``: by default the finished folder is renamed into place and the OS writes it to
+disk in its own time (an interrupted run still leaves nothing behind). A durable write fsyncs every
+file and both folders involved in the rename. To keep that from doubling the time, the kernel is
+asked to start writing each ``WRITEBACK_BYTES`` of a shard back to disk as soon as they are copied
+(``posix_fadvise(DONTNEED)`` starts write-back of dirty pages without waiting, and drops the
+output's clean pages, which nothing here reads again), so the disk works while the next bytes are
+copied and each shard's fsync waits only for its tail.
 """
 
 from __future__ import annotations
@@ -42,9 +48,12 @@ class OutTensor:
     shape: tuple[int, ...]
     ranges: list[Range] = field(default_factory=list)
     """Input byte ranges that, concatenated, are this tensor's data."""
-    make: Callable[[], bytes] | None = None
-    """Or a function returning the data (small tensors sliced on an inner axis)."""
+    make: Callable[[], bytes | list[Range]] | None = None
+    """Or a function returning the data (small tensors sliced on an inner axis) or the input ranges
+    that hold it, called only when the tensor is written (it may wait for the plan of ``layer``)."""
     nbytes: int = 0
+    layer: int | None = None
+    """The MoE layer whose pruning plan chooses this tensor's bytes, if any."""
 
 
 def parse_size(text: str | int) -> int:
@@ -81,15 +90,17 @@ def write_checkpoint(
     metadata: dict[str, str],
     max_bytes: int,
     progress: Callable[[int], None] | None = None,
+    durable: bool = False,
 ) -> list[str]:
-    """Write shards (and an index when there is more than one) into ``folder``; return file names."""
+    """Write shards (and an index when there is more than one) into ``folder``; return file names.
+    ``durable``: start write-back early and fsync every shard."""
     shards = split_shards(tensors, max_bytes)
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     src_fds: dict[Path, int] = {}
     try:
         for fname, shard in zip(names, shards, strict=True):
-            _write_shard(folder / fname, shard, metadata, src_fds, progress)
+            _write_shard(folder / fname, shard, metadata, src_fds, progress, durable)
     finally:
         for fd in src_fds.values():
             os.close(fd)
@@ -108,66 +119,92 @@ def _write_shard(
     metadata: dict[str, str],
     src_fds: dict[Path, int],
     progress: Callable[[int], None] | None,
+    durable: bool,
 ) -> None:
     header = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], metadata)
+    places: list[int] = []  # absolute offset of each tensor's data
+    pos = len(header)
+    for t in shard:
+        places.append(pos)
+        pos += t.nbytes
     dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_all(dst, header)
-        flushed = 0  # bytes of the shard already handed to write-back
-        for t in shard:
-            if t.make is not None:
-                data = t.make()
-                assert len(data) == t.nbytes, t.name
-                _write_all(dst, data)
-            else:
-                for file, start, count in t.ranges:
+        _write_at(dst, header, 0)
+        unflushed: list[tuple[int, int]] = []  # (offset, bytes) written but not yet handed to write-back
+        for i in _write_order(shard):
+            t, at = shard[i], places[i]
+            data = t.make() if t.make is not None else t.ranges
+            if isinstance(data, list):
+                done = 0
+                for file, start, count in data:
                     fd = src_fds.get(file)
                     if fd is None:
                         fd = src_fds[file] = os.open(file, os.O_RDONLY)
-                    _copy(fd, dst, start, count)
-            written = os.lseek(dst, 0, os.SEEK_CUR)
-            if written - flushed >= WRITEBACK_BYTES and hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(dst, flushed, written - flushed, os.POSIX_FADV_DONTNEED)
-                flushed = written
+                    _copy(fd, dst, start, count, at + done)
+                    done += count
+            else:
+                done = _write_at(dst, data, at)
+            if done != t.nbytes:
+                raise AssertionError(f"{t.name}: {done} bytes for a tensor of {t.nbytes}")
+            if durable and hasattr(os, "posix_fadvise"):
+                unflushed.append((at, t.nbytes))
+                if sum(n for _, n in unflushed) >= WRITEBACK_BYTES:
+                    for lo, n in unflushed:
+                        os.posix_fadvise(dst, lo, n, os.POSIX_FADV_DONTNEED)
+                    unflushed.clear()
             if progress is not None:
                 progress(t.nbytes)
-        os.fsync(dst)
+        if durable:
+            os.fsync(dst)
     finally:
         os.close(dst)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_order(shard: list[OutTensor]) -> list[int]:
+    """Positions of the shard's tensors in the order they are written: those that depend on no
+    plan first, then each MoE layer's, layers in order of first appearance."""
+    first: dict[int, int] = {}
+    for i, t in enumerate(shard):
+        if t.layer is not None:
+            first.setdefault(t.layer, i)
+
+    def key(i: int) -> tuple[int, int]:
+        layer = shard[i].layer
+        return (-1 if layer is None else first[layer], i)
+
+    return sorted(range(len(shard)), key=key)
+
+
+def _write_at(fd: int, data: bytes | memoryview, at: int) -> int:
+    """Write all of ``data`` at offset ``at`` of ``fd``; return its length."""
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], at + done)
+    return done
 
 
-def _copy(src: int, dst: int, start: int, count: int) -> None:
-    """Copy ``count`` bytes from ``src`` at ``start`` to the current position of ``dst``."""
+def _copy(src: int, dst: int, start: int, count: int, at: int) -> None:
+    """Copy ``count`` bytes of ``src`` from offset ``start`` to offset ``at`` of ``dst``."""
     done = 0
     while done < count:
         try:
-            n = os.copy_file_range(src, dst, count - done, start + done)
+            n = os.copy_file_range(src, dst, count - done, start + done, at + done)
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-            n = _copy_slow(src, dst, start + done, count - done)
+            n = _write_at(dst, os.pread(src, min(count - done, 16 << 20), start + done), at + done)
         if n == 0:
             raise OSError(errno.EIO, "input ended early while copying")
         done += n
 
 
-def _copy_slow(src: int, dst: int, start: int, count: int) -> int:
-    chunk = os.pread(src, min(count, 16 << 20), start)
-    _write_all(dst, chunk)
-    return len(chunk)
-
-
 @contextmanager
-def atomic_folder(target: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_folder(target: Path, overwrite: bool, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` (an existing
     one only with ``overwrite``, and only once the new one is complete); on any failure or
-    interruption it is removed and ``target`` is left as it was."""
+    interruption it is removed and ``target`` is left as it was. ``durable``: every file in the
+    folder, the folder and its parent are fsynced, so the finished output survives a power cut."""
     target = target.resolve()
     if target.exists() and not overwrite:
         raise OutputError(f"{target} already exists; pass --overwrite to replace it")
@@ -179,6 +216,8 @@ def atomic_folder(target: Path, overwrite: bool) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        if durable:
+            _fsync_tree(tmp)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno == errno.ENOSPC:
@@ -194,3 +233,21 @@ def atomic_folder(target: Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, target)
+    if durable:
+        _fsync(target.parent)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` and every folder, deepest first."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            _fsync(Path(root) / name)
+        _fsync(Path(root))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

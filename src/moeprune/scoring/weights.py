@@ -41,7 +41,7 @@ import math
 import os
 import sys
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moeprune.arch.layout import MoeLayer, MoeModel, is_weight
+from moeprune.errors import InputError
 from moeprune.io.format import ITEMSIZE
 from moeprune.io.reader import Checkpoint
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED
@@ -404,12 +405,25 @@ def layer_moments(
 
 
 def weight_moments(
-    ckpt: Checkpoint, model: MoeModel, progress: Callable[[int], None] | None = None
+    ckpt: Checkpoint,
+    model: MoeModel,
+    progress: Callable[[int], None] | None = None,
+    *,
+    layers: Sequence[MoeLayer] | None = None,
+    layer_done: Callable[[int, Moments], None] | None = None,
 ) -> dict[int, Moments]:
-    """Moments of every MoE layer, in one stream over all of them; ``progress(bytes)`` is called as
-    data is consumed."""
-    out = {layer.index: Moments.zeros(model.n_experts) for layer in model.layers}
-    work = [(layer.index, p) for layer in model.layers for p in _pieces(ckpt, model, layer)]
+    """Moments of every MoE layer (or of ``layers``, in that order), in one stream over all of
+    them; ``progress(bytes)`` is called as data is consumed and ``layer_done(layer index,
+    moments)`` as soon as a layer is complete (both on the calling thread; an exception raised by
+    either stops the pass)."""
+    layers = model.layers if layers is None else layers
+    out = {layer.index: Moments.zeros(model.n_experts) for layer in layers}
+    work = [(layer.index, p) for layer in layers for p in _pieces(ckpt, model, layer)]
+    left = Counter(i for i, _ in work)
+    if layer_done is not None:
+        for i in out:  # no weights to read (cannot happen for a checked model, but say so)
+            if not left[i]:
+                layer_done(i, out[i])
 
     def done(i: int, piece: Piece, r: tuple[int, float, float]) -> None:
         m, j = out[i], piece[0]
@@ -418,6 +432,9 @@ def weight_moments(
         m.sum_sq[j] += r[2]
         if progress is not None:
             progress(piece[3])
+        left[i] -= 1
+        if not left[i] and layer_done is not None:
+            layer_done(i, m)
 
     threads = _threads()
     if threads == 1:
@@ -437,6 +454,7 @@ def score_layers(moments: dict[int, Moments], criterion: str, seed: int = 0) -> 
     c = WEIGHT_CRITERIA[criterion]
     scores = {i: c.score(m, i, seed) for i, m in moments.items()}
     for i, s in scores.items():
-        if any(not math.isfinite(v) for v in s):
-            raise ValueError(f"layer {i}: non-finite {criterion} score")
+        bad = next((j for j, v in enumerate(s) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise InputError(f"layer {i}, expert {bad}: its {criterion} score is not finite (inf or NaN in weights)")
     return scores
