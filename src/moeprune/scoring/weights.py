@@ -112,7 +112,7 @@ class WeightCriterion:
 
 
 def _aimer(m: Moments, layer: int, seed: int) -> list[float]:
-    return [float(a / math.sqrt(n * q)) if q > 0 else 0.0 for n, a, q in zip(m.n, m.sum_abs, m.sum_sq, strict=True)]
+    return [float(a / math.sqrt(n * q)) if q != 0 else 0.0 for n, a, q in zip(m.n, m.sum_abs, m.sum_sq, strict=True)]
 
 
 def _magnitude(m: Moments, layer: int, seed: int) -> list[float]:
