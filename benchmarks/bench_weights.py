@@ -8,19 +8,25 @@ For each synthetic OLMoE-shaped bf16 checkpoint (written by make_synthetic.py if
 - **score**: ``moeprune -q score MODEL --criterion aimer -o scores.json``, a fresh process per run
   (best of N), end to end: interpreter start, imports, headers, the pass, scores.json;
 - **copy limit**: ``cp -r`` of the pruned output folder (best of N), and ``cp -r`` followed by
-  ``sync`` of the copied files, since moeprune fsyncs every shard it writes;
-- **prune**: ``moeprune -q prune MODEL --ratio 0.5 -o OUT`` end to end (it scores first), and
-  ``--scores scores.json`` (writing only);
+  ``sync`` of the copied files (the limit for a durable write);
+- **prune**: ``moeprune -q prune MODEL --ratio 0.5 -o OUT`` end to end (it scores while it
+  writes), with ``--scores scores.json`` (writing only), and with ``--fsync`` (durable: compared
+  with ``cp`` + ``sync``);
 - **startup**: ``moeprune --version`` (interpreter and imports), reported separately;
 - **peak RSS** of every moeprune run: ``ru_maxrss`` of that child alone (``os.wait4``).
 
 Every run is a fresh subprocess. Before each score or prune run the shards are read into the page
 cache again (some VMs page out file pages idle for a minute), and before each writing run earlier
-write-back is flushed (``sync``). The log shows every run's wall and CPU time, peak RSS, and how
-busy the rest of the machine was meanwhile (other processes' share of all cores, from
-/proc/stat); the tables take the best wall time. ``--cold`` adds one run of ``cat`` and of score
-with the shards evicted from the page cache. ``--boost -10`` (root) runs everything in a session
-of its own at raised priority, for shared machines.
+write-back is flushed (``sync``) and memory is primed: a scratch file as large as the output is
+written and deleted, so that every writer allocates page-cache pages that are equally at hand. (On
+a VM whose balloon driver reports free memory back to the hypervisor, allocating pages freed
+seconds earlier costs up to 10x more: writing 2 GB to the page cache took 1.0 s or 9.5 s on this
+machine depending on it.) The writing commands (cp, cp + sync, the three prunes) take turns, one
+run each per round, so that slow phases of a shared machine hit them alike. The log shows every
+run's wall and CPU time, peak RSS, and how busy the rest of the machine was meanwhile (other
+processes' share of all cores, from /proc/stat); the tables take the best wall time. ``--cold``
+adds one run of ``cat`` and of score with the shards evicted from the page cache. ``--boost -10``
+(root) runs everything in a session of its own at raised priority, for shared machines.
 
     python benchmarks/bench_weights.py                 # 4 and 8 MoE layers (3.2 and 6.4 GB of experts)
     python benchmarks/bench_weights.py --layers 4 --repeat 5 --cold --boost -10
@@ -122,6 +128,17 @@ def evict(files: list[Path]) -> None:
             os.close(fd)
 
 
+def prime(work: Path, nbytes: int) -> None:
+    """Write and delete a scratch file of ``nbytes``, so that the next writer's page-cache pages are
+    at hand (see the module docstring)."""
+    scratch = work / "prime.bin"
+    block = bytes(16 << 20)
+    with open(scratch, "wb") as f:
+        for _ in range(-(-nbytes // len(block))):
+            f.write(block)
+    scratch.unlink()
+
+
 def moeprune() -> list[str]:
     exe = shutil.which("moeprune", path=str(Path(sys.executable).parent)) or shutil.which("moeprune")
     return [exe] if exe else [sys.executable, "-m", "moeprune"]
@@ -167,35 +184,41 @@ def bench_size(layers: int, repeat: int, cold: bool, work: Path) -> dict[str, ob
         """Read the shards into the page cache (this VM evicts pages idle for a minute)."""
         subprocess.run(cat, check=True)
 
-    def clean_out() -> None:
-        shutil.rmtree(out, ignore_errors=True)
-        os.sync()  # no write-back of earlier runs left to compete with the measured one
-        warm()
-
-    def clean_copy() -> None:
-        shutil.rmtree(copy, ignore_errors=True)
-        os.sync()
-        subprocess.run(["cat", *map(str, sorted(out.iterdir()))], stdout=subprocess.DEVNULL, check=True)
-
     warm()
     res["cat"] = measure("cat (warm)", cat)
     res["startup"] = measure("moeprune --version", [*mp, "--version"])
     res["score"] = measure("score (warm)", score, warm)
+
     prune = [*mp, "-q", "prune", str(model), "--ratio", "0.5", "-o", str(out)]
-    res["prune"] = measure("prune (warm)", prune, clean_out)
-    res["prune_scores"] = measure(
-        "prune --scores (warm)",
-        [*mp, "-q", "prune", str(model), "--scores", str(scores), "--ratio", "0.5", "-o", str(out)],
-        clean_out,
-    )
-    res["out_bytes"] = folder_bytes(out)
-    res["cp"] = measure("cp -r", ["cp", "-r", str(out), str(copy)], clean_copy)
+    run(prune)  # the output's size, for priming
+    out_bytes = folder_bytes(out)
     copied = " ".join(shlex.quote(str(copy / f.name)) for f in sorted(out.iterdir()))
-    res["cp_sync"] = measure(
-        "cp -r + sync",
-        ["sh", "-c", f"cp -r {shlex.quote(str(out))} {shlex.quote(str(copy))} && sync {copied}"],
-        clean_copy,
-    )
+    writers: dict[str, tuple[list[str], str]] = {
+        "prune": (prune, "input"),
+        "prune_fsync": ([*prune, "--fsync"], "input"),
+        "prune_scores": (
+            [*mp, "-q", "prune", str(model), "--scores", str(scores), "--ratio", "0.5", "-o", str(out)],
+            "input",
+        ),
+        "cp": (["cp", "-r", str(out), str(copy)], "output"),
+        "cp_sync": (["sh", "-c", f"cp -r {shlex.quote(str(out))} {shlex.quote(str(copy))} && sync {copied}"], "output"),
+    }
+    runs: dict[str, list[Run]] = {key: [] for key in writers}
+    for _ in range(repeat):
+        for key, (cmd, reads) in writers.items():
+            shutil.rmtree(copy if reads == "output" else out, ignore_errors=True)
+            os.sync()  # no write-back of earlier runs left to compete with the measured one
+            if reads == "input":
+                warm()
+            else:
+                subprocess.run(["cat", *map(str, sorted(out.iterdir()))], stdout=subprocess.DEVNULL, check=True)
+            prime(work, out_bytes)
+            r = run(cmd)
+            say(key.replace("_", " "), r)
+            runs[key].append(r)
+    for key, rs in runs.items():
+        res[key] = best(rs)
+    res["out_bytes"] = out_bytes
     if cold:
         for key, cmd in (("cat_cold", cat), ("score_cold", score)):
             evict(files)
@@ -258,17 +281,17 @@ def table(results: list[dict[str, object]]) -> str:
         )
     lines += [
         "",
-        "| output (GB) | cp (s) | cp + sync (s) | prune (s) | ratio (b) vs cp | vs cp + sync "
-        "| prune --scores (s) | vs cp | vs cp + sync | prune RSS (MB) |",
+        "| output (GB) | cp (s) | prune (s) | ratio (b) | prune --scores (s) | vs cp | cp + sync (s) "
+        "| prune --fsync (s) | vs cp + sync | prune RSS (MB) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for res in results:
         cp, cps = r("cp", res).wall, r("cp_sync", res).wall
-        pr, ps = r("prune", res), r("prune_scores", res)
+        pr, ps, pf = r("prune", res), r("prune_scores", res), r("prune_fsync", res)
         lines.append(
-            f"| {int(res['out_bytes']) / gb:.2f} | {cp:.2f} | {cps:.2f} | {pr.wall:.2f} "  # type: ignore[call-overload]
-            f"| **{pr.wall / cp:.2f}** | {pr.wall / cps:.2f} | {ps.wall:.2f} | {ps.wall / cp:.2f} "
-            f"| {ps.wall / cps:.2f} | {max(pr.rss_mb, ps.rss_mb):.0f} |"
+            f"| {int(res['out_bytes']) / gb:.2f} | {cp:.2f} | {pr.wall:.2f} | **{pr.wall / cp:.2f}** "  # type: ignore[call-overload]
+            f"| {ps.wall:.2f} | {ps.wall / cp:.2f} | {cps:.2f} | {pf.wall:.2f} | {pf.wall / cps:.2f} "
+            f"| {max(pr.rss_mb, ps.rss_mb, pf.rss_mb):.0f} |"
         )
     busy = max(getattr(v, "others", 0.0) for res in results for v in res.values())
     lines += ["", f"Busiest other-process load during a best run: {100 * busy:.0f}% of all cores."]

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from moeprune.errors import InputError, OutputError
-from moeprune.io.format import encode_header, read_header
+from moeprune.io.format import PAGE, encode_header, read_header
 from moeprune.io.writer import OutTensor, atomic_folder, parse_size, split_shards, write_checkpoint
 from moeprune.scoring.weights import WEIGHT_CRITERIA
 
@@ -309,7 +309,7 @@ def test_write_checkpoint_shards_and_index(tmp_path: Path) -> None:
     assert set(index["weight_map"]) == set(expected)
     seen: dict[str, torch.Tensor] = {}
     for fname in names:
-        assert (folder / fname).stat().st_size <= 1200 + 1000
+        assert (folder / fname).stat().st_size <= 1200 + 1000 + PAGE  # data, header, page alignment
         got, meta = _load(folder / fname)
         assert meta == {"format": "pt"}
         for k, v in got.items():
@@ -319,6 +319,21 @@ def test_write_checkpoint_shards_and_index(tmp_path: Path) -> None:
     for k, v in expected.items():
         assert torch.equal(seen[k], v), k
     assert sum(t.nbytes for t in out) == sum(v.numel() * v.element_size() for v in seen.values())
+
+
+def test_copied_tensors_keep_their_place_within_a_page(tmp_path: Path) -> None:
+    """The header is padded so that copied bytes sit at the same offset within a page as in the
+    input (the kernel then copies whole pages); loaders read the padded header as usual."""
+    expected, out = _source_tensors(tmp_path)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    write_checkpoint(folder, out, {"format": "pt"}, 10**9)
+    src, _ = read_header(tmp_path / "src.safetensors")
+    dst, _ = read_header(folder / "model.safetensors")
+    assert {(src[name].start - dst[name].start) % PAGE for name in src} == {0}
+    assert all(dst[name].start % 8 == 0 for name in dst)
+    got, _ = _load(folder / "model.safetensors")
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
 
 
 # --- writer: atomic folder -------------------------------------------------------------------------

@@ -111,11 +111,19 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
-def encode_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:
+PAGE = 4096
+"""Bytes of a page: copies between files are fastest when source and destination sit at the same
+offset within their pages (the kernel then copies whole pages, not two pieces of each)."""
+
+
+def encode_header(
+    entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str], page_offset: int = 0
+) -> bytes:
     """Header bytes for tensors laid out back to back in the given order.
 
     ``entries`` are ``(name, dtype, shape, nbytes)``; the result is padded with spaces to a
-    multiple of 8 bytes, as the reference implementation does.
+    multiple of 8 bytes, as the reference implementation does, and further (by less than a page)
+    so that the data starts ``page_offset`` bytes into a page (a multiple of 8, below PAGE).
     """
     header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
     offset = 0
@@ -124,6 +132,8 @@ def encode_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata
         offset += nbytes
     body = json.dumps(header, separators=(",", ":")).encode()
     body += b" " * (-len(body) % 8)
+    assert page_offset % 8 == 0 and 0 <= page_offset < PAGE, page_offset
+    body += b" " * ((page_offset - 8 - len(body)) % PAGE)
     return struct.pack("<Q", len(body)) + body
 
 

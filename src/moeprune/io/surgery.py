@@ -59,7 +59,17 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callabl
         if kind == "expert":
             if arg < n_kept:  # the place of output expert `arg`
                 source = partial(_expert_source, ckpt, model, layer, name, arg, kept)
-                out.append(OutTensor(name, info.dtype, info.shape, make=source, nbytes=info.nbytes, layer=layer.index))
+                out.append(
+                    OutTensor(
+                        name,
+                        info.dtype,
+                        info.shape,
+                        make=source,
+                        nbytes=info.nbytes,
+                        layer=layer.index,
+                        origin=info.start,
+                    )
+                )
         else:
             out.append(_sliced(ckpt, name, info, arg, n_kept, partial(kept, layer.index), layer.index))
     return out
@@ -96,7 +106,8 @@ def _sliced(
         t = ckpt.read(name).index_select(axis, torch.tensor(kept())).contiguous()
         return t.view(torch.uint8).numpy().tobytes()
 
-    return OutTensor(name, info.dtype, tuple(shape), make=make, nbytes=nbytes, layer=layer)
+    origin = info.start if axis == 0 else None
+    return OutTensor(name, info.dtype, tuple(shape), make=make, nbytes=nbytes, layer=layer, origin=origin)
 
 
 def _row_ranges(info: TensorInfo, kept: list[int]) -> list[Range]:

@@ -26,13 +26,14 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from moeprune.errors import OutputError
-from moeprune.io.format import encode_header
+from moeprune.io.format import PAGE, encode_header
 
 WRITEBACK_BYTES = 64 << 20
 """Bytes of a shard copied between two write-back requests."""
@@ -54,6 +55,9 @@ class OutTensor:
     nbytes: int = 0
     layer: int | None = None
     """The MoE layer whose pruning plan chooses this tensor's bytes, if any."""
+    origin: int | None = None
+    """For ranges that ``make`` gives later: an input offset at the same place within a page as
+    theirs will be (e.g. where the tensor sits in the input), for the writer's page alignment."""
 
 
 def parse_size(text: str | int) -> int:
@@ -121,7 +125,8 @@ def _write_shard(
     progress: Callable[[int], None] | None,
     durable: bool,
 ) -> None:
-    header = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], metadata)
+    entries = [(t.name, t.dtype, t.shape, t.nbytes) for t in shard]
+    header = encode_header(entries, metadata, _page_offset(shard))
     places: list[int] = []  # absolute offset of each tensor's data
     pos = len(header)
     for t in shard:
@@ -158,6 +163,24 @@ def _write_shard(
             os.fsync(dst)
     finally:
         os.close(dst)
+
+
+def _page_offset(shard: list[OutTensor]) -> int:
+    """Where in a page the shard's data should start so that most copied bytes keep their offset
+    within a page (the input's own alignment, where a run of whole-page tensors was copied)."""
+    votes: Counter[int] = Counter()
+    pos = 0
+    for t in shard:
+        if t.make is None:
+            for _, start, count in t.ranges:
+                votes[(start - pos) % PAGE] += count
+                pos += count
+        else:
+            if t.origin is not None:
+                votes[(t.origin - pos) % PAGE] += t.nbytes
+            pos += t.nbytes
+    aligned = [(n, -offset) for offset, n in votes.items() if offset % 8 == 0]
+    return -max(aligned)[1] if aligned else 0
 
 
 def _write_order(shard: list[OutTensor]) -> list[int]:
