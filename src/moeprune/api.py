@@ -272,12 +272,17 @@ def prune(
             raise OutputError(f"{out} already exists; pass --overwrite to replace it")
         if dry_run:
             return _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
-        scoring = _scoring_pass(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
-        if scoring is None:
+        scoring: ScoringPass | None = None
+        kept: Callable[[int], list[int]]  # layer index -> its kept original ids
+        if _scores_while_writing(ckpt, moe, criterion, scores, stats):
+            p = n_to_prune(moe.n_experts, ratio, n_prune)
+            check_feasible(moe.n_experts, moe.top_k, p, moe.groups)
+            scored = None if progress is None else lambda b, total: progress("score", b, total)
+            scoring = ScoringPass(ckpt, moe, criterion, p, seed, scored)
+            n_kept, kept = moe.n_experts - p, scoring.kept
+        else:
             made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
             n_kept, kept = made.n_kept, lambda i: made.layers[i].kept
-        else:
-            n_kept, kept = moe.n_experts - scoring.n_prune, scoring.kept
         tensors = surgery.output_tensors(ckpt, moe, n_kept, kept)
         total = sum(t.nbytes for t in tensors)
         with scoring or nullcontext(), atomic_folder(out, overwrite, durable=fsync) as tmp:
@@ -303,25 +308,13 @@ def prune(
         return made
 
 
-def _scoring_pass(
-    ckpt: Checkpoint,
-    moe: MoeModel,
-    criterion: str,
-    ratio: float | None,
-    n_prune: int | None,
-    seed: int,
-    scores: Scores | None,
-    stats: str | os.PathLike[str] | None,
-    progress: Progress | None,
-) -> ScoringPass | None:
-    """A (not yet started) background pass for the criteria that read the weights, or None where
-    the plan is made first (given scores, statistics, random, quantized weights)."""
+def _scores_while_writing(
+    ckpt: Checkpoint, moe: MoeModel, criterion: str, scores: Scores | None, stats: str | os.PathLike[str] | None
+) -> bool:
+    """Whether prune scores on a background thread as it writes: for the criteria that read the
+    weights; the plan is made first from given scores, statistics, for random, and for quantized
+    weights (scored dequantized, all at once)."""
     from moeprune.scoring.quant import is_quantized
 
     c = WEIGHT_CRITERIA.get(criterion)
-    if scores is not None or stats is not None or c is None or not c.needs_weights or is_quantized(ckpt, moe):
-        return None
-    p = n_to_prune(moe.n_experts, ratio, n_prune)
-    check_feasible(moe.n_experts, moe.top_k, p, moe.groups)
-    total_progress = None if progress is None else lambda b, total: progress("score", b, total)
-    return ScoringPass(ckpt, moe, criterion, p, seed, total_progress)
+    return scores is None and stats is None and c is not None and c.needs_weights and not is_quantized(ckpt, moe)
