@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 import moeprune.scoring.weights as W
 from moeprune.api import open_model
+from moeprune.errors import InputError
 from moeprune.scoring.weights import WEIGHT_CRITERIA, accumulate, layer_moments, score_layers, weight_moments
 
 RTOL = 1e-12
@@ -346,9 +347,11 @@ def test_aimer_and_magnitude_from_moments() -> None:
     arrays = W.Moments(*(np.array(v) for v in (m.n, m.sum_abs, m.sum_sq)))  # numpy arrays do as well
     for name in ("aimer", "magnitude"):
         assert WEIGHT_CRITERIA[name].score(arrays, 0, 0) == WEIGHT_CRITERIA[name].score(m, 0, 0)
-    nan = W.Moments([4.0, 4.0], [math.nan, math.inf], [math.nan, math.inf])  # as the numpy version did
-    assert WEIGHT_CRITERIA["aimer"].score(nan, 0, 0)[0] == 0.0
-    assert math.isnan(WEIGHT_CRITERIA["aimer"].score(nan, 0, 0)[1])
+    # inf or NaN weights give a NaN score (refused by score_layers), never a quiet 0 (never pruned)
+    nan = W.Moments([4.0, 4.0], [math.nan, math.inf], [math.nan, math.inf])
+    assert all(math.isnan(v) for v in WEIGHT_CRITERIA["aimer"].score(nan, 0, 0))
+    with pytest.raises(InputError, match="layer 0, expert 0: its aimer score is not finite"):
+        score_layers({0: nan}, "aimer")
 
 
 # --- the native kernel on its own ---------------------------------------------------------------------
