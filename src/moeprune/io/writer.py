@@ -136,6 +136,7 @@ def _write_shard(
     try:
         _write_at(dst, header, 0)
         unflushed: list[tuple[int, int]] = []  # (offset, bytes) written but not yet handed to write-back
+        pending = 0  # their bytes
         for i in _write_order(shard):
             t, at = shard[i], places[i]
             data = t.make() if t.make is not None else t.ranges
@@ -153,10 +154,12 @@ def _write_shard(
                 raise AssertionError(f"{t.name}: {done} bytes for a tensor of {t.nbytes}")
             if durable and hasattr(os, "posix_fadvise"):
                 unflushed.append((at, t.nbytes))
-                if sum(n for _, n in unflushed) >= WRITEBACK_BYTES:
+                pending += t.nbytes
+                if pending >= WRITEBACK_BYTES:
                     for lo, n in unflushed:
                         os.posix_fadvise(dst, lo, n, os.POSIX_FADV_DONTNEED)
                     unflushed.clear()
+                    pending = 0
             if progress is not None:
                 progress(t.nbytes)
         if durable:
@@ -179,8 +182,8 @@ def _page_offset(shard: list[OutTensor]) -> int:
             if t.origin is not None:
                 votes[(t.origin - pos) % PAGE] += t.nbytes
             pos += t.nbytes
-    aligned = [(n, -offset) for offset, n in votes.items() if offset % 8 == 0]
-    return -max(aligned)[1] if aligned else 0
+    aligned = {offset: n for offset, n in votes.items() if offset % 8 == 0}  # tensor data stays 8-aligned
+    return max(aligned, key=lambda offset: (aligned[offset], -offset)) if aligned else 0
 
 
 def _write_order(shard: list[OutTensor]) -> list[int]:
