@@ -213,3 +213,27 @@ def test_fsync_makes_every_file_and_both_folders_durable(
     assert files <= set(synced), files - set(synced)
     assert str(tmp) in synced and synced[-1] == str(out.parent)
     assert (out / "model.safetensors").is_file()
+
+
+def test_cli_progress_bars_from_two_threads(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's bars take updates from the scoring thread and the writer at once; a finished
+    stage's bar is closed at once (its clock stops), a later pass of the stage gets a new one."""
+    from moeprune.cli import _Progress
+
+    bars = _Progress(quiet=False)
+
+    def feed(stage: str) -> None:
+        for _ in range(200):
+            bars(stage, 5, 1000)
+
+    threads = [threading.Thread(target=feed, args=(stage,)) for stage in ("score", "write")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bars.bars == {}
+    bars("score", 10, 20)
+    assert set(bars.bars) == {"score"} and bars.bars["score"].n == 10
+    bars.close()
+    err = capsys.readouterr().err
+    assert "score: 100%" in err and "write: 100%" in err

@@ -61,6 +61,9 @@ class _Progress:
                 dynamic_ncols=True,
             )
         bar.update(advance)
+        if bar.total and bar.n >= bar.total:  # done: stop its clock (a later pass of the stage gets a new bar)
+            bar.close()
+            del self.bars[stage]
 
     def close(self) -> None:
         with self.lock:
