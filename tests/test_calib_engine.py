@@ -447,9 +447,8 @@ def test_cli_dtype_auto_is_float32_on_cpu(model: Path, ids: Path, cli: Any, tmp_
 
 _FREE_SCRIPT = """
 import ctypes, sys
-from moeprune.cli import return_freed_memory
-if sys.argv[1] == "on":
-    assert return_freed_memory()
+from contextlib import nullcontext
+from moeprune.calib.engine import _mapped_allocations, release_freed_memory
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
@@ -458,38 +457,44 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
 MB = 1 << 20
-libc.free(libc.malloc(4 * MB))  # glibc raises its mmap threshold to this block's size (unless fixed)
-blocks = [libc.malloc(MB) for _ in range(200)]  # a freed layer's tensors, say
-for b in blocks:
-    ctypes.memset(b, 1, MB)
-pin = libc.malloc(MB // 2)  # something still alive above them (too big for a free small chunk)
-ctypes.memset(pin, 1, MB // 2)
-before = rss()
-for b in blocks:
-    libc.free(b)
-print(before - rss())
+mode = sys.argv[1]
+libc.free(libc.malloc(4 * MB))  # glibc raises its mmap threshold to this block's size
+with _mapped_allocations() if mode == "loading" else nullcontext():
+    blocks = [libc.malloc(MB) for _ in range(200)]  # a layer's tensors, say
+    for b in blocks:
+        ctypes.memset(b, 1, MB)
+    pin = libc.malloc(MB // 2)  # something still alive above them (too big for a free small chunk)
+    ctypes.memset(pin, 1, MB // 2)
+    before = rss()
+    for b in blocks:
+        libc.free(b)
+    if mode == "trim":
+        assert release_freed_memory()
+    print(before - rss())  # inside the context: before its closing trim
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or sys.platform != "linux", reason="glibc behaviour")
-def test_freed_tensors_go_back_to_the_os() -> None:
-    """calibrate, verify, eval and demo fix glibc's mmap threshold: 200 MB of freed 1 MB blocks
-    return to the OS, where glibc's default keeps them in its heap under a live allocation."""
+def test_freed_layers_go_back_to_the_os() -> None:
+    """200 MB of freed 1 MB blocks under a live allocation stay in glibc's heap ("off"); calibrate
+    trims the heap after each layer ("trim") and maps every block of a layer load on its own, so
+    that what the load frees goes back at once ("loading")."""
 
     def released(mode: str) -> int:
         out = subprocess.run([sys.executable, "-c", _FREE_SCRIPT, mode], capture_output=True, text=True, check=True)
         return int(out.stdout)
 
-    assert released("on") > 190 << 20
     assert released("off") < 10 << 20  # the default behaviour this works around
+    assert released("trim") > 190 << 20
+    assert released("loading") > 190 << 20
 
 
-def test_torch_commands_fix_the_threshold(cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import moeprune.cli as cli_module
-
-    calls: list[int] = []
-    monkeypatch.setattr(cli_module, "return_freed_memory", lambda: calls.append(1) or True)
-    cli("verify", str(tmp_path / "missing"), str(tmp_path / "missing2"))
-    assert calls == [1]
-    cli("inspect", str(tmp_path / "missing"))
-    assert calls == [1]  # weight passes allocate nothing large
+def test_every_layer_load_is_mapped_and_every_freed_layer_trimmed(
+    model: Path, tokens: TokenBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(engine, "_mallopt_threshold", lambda n: calls.append(("threshold", n)) or True)
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: calls.append(("trim",)) or True)
+    calibrate(model, tokens, batch_size=BATCH)
+    per_layer = [("threshold", 128 << 10), ("threshold", 32 << 20), ("trim",), ("trim",)]  # load, then free
+    assert calls == per_layer * N_LAYERS

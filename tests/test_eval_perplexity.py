@@ -153,6 +153,29 @@ def test_model_against_itself_object(model: Path, ids: Path) -> None:
     assert alone["perplexity"]["pruned"] == pytest.approx(got["perplexity"]["pruned"], rel=1e-6)
 
 
+def test_cached_base_logits_give_the_same_scores(
+    model: Path, pruned: Path, ids: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo scores many models against one base: its logits are computed once per batch and
+    read back exactly; other batches (another batch size) are computed again, not misread."""
+    base, lm = load_lm(model), load_lm(pruned)
+    tokens = load_tokens(ids, None)
+    direct = score_tokens(lm, tokens, base=base, batch_size=2)
+    runs: list[Any] = []
+    real = perplexity._logits
+    monkeypatch.setattr(perplexity, "_logits", lambda m, *a: runs.append(m) or real(m, *a))
+    cached = perplexity.CachedLogits(base, tmp_path / "cache")
+    assert score_tokens(lm, tokens, base=cached, batch_size=2) == direct
+    n_batches = -(-N_SEQ // 2)
+    assert runs.count(base) == n_batches and len(list((tmp_path / "cache").iterdir())) == n_batches
+    runs.clear()
+    assert score_tokens(lm, tokens, base=cached, batch_size=2) == direct
+    assert runs.count(base) == 0  # every batch read back
+    other = score_tokens(lm, tokens, base=cached, batch_size=3)
+    assert runs.count(base) == -(-N_SEQ // 3)  # different windows per batch: computed, not the cached ones
+    assert other["kl_mean"] == pytest.approx(direct["kl_mean"], rel=1e-5)
+
+
 # --- a pruned model ----------------------------------------------------------------------------
 
 

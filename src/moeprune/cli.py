@@ -88,32 +88,6 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool) -> None:
     MODEL is a local checkpoint folder or a Hugging Face hub id.
     """
     ctx.obj = {"quiet": quiet, "verbose": verbose}
-    if ctx.invoked_subcommand in TORCH_COMMANDS:
-        return_freed_memory()
-
-
-TORCH_COMMANDS = {"calibrate", "verify", "eval", "demo"}
-"""Commands that load and free many large tensors (layers, models) through the C allocator."""
-
-M_MMAP_THRESHOLD = -3
-"""glibc's mallopt parameter number for the size above which allocations get their own mapping."""
-
-
-def return_freed_memory(threshold: int = 128 * 1024) -> bool:
-    """Have glibc give every allocation above ``threshold`` bytes its own mapping, so that a freed
-    tensor goes back to the OS at once (False where the C library has no ``mallopt``).
-
-    By default glibc raises that threshold to the size of the first large block freed (up to
-    32 MiB) and serves later blocks from its heap, where freed memory stays with the process
-    whenever a live allocation sits above it. Layer-wise calibration frees a whole layer per step,
-    so the heap kept growing: a 128-expert model peaked at 2.2 GB instead of 1.3 GB."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 @cli.command()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,7 +109,7 @@ def _run(
     from moeprune.calib.data import load_tokens
     from moeprune.calib.engine import calibrate
     from moeprune.errors import VerificationError
-    from moeprune.eval.perplexity import eval_record, load_lm, score_tokens
+    from moeprune.eval.perplexity import CachedLogits, eval_record, load_lm, score_tokens
     from moeprune.scoring.weights import WEIGHT_CRITERIA
     from moeprune.verify import verify
 
@@ -138,34 +139,37 @@ def _run(
     base = load_lm(model, dtype="float32")
     base_eval = score_tokens(base, held, batch_size=batch_size)
     runs: list[dict[str, Any]] = []
-    for name, ratio in jobs:
-        folder = tmp / "runs" / f"{name}-{round(100 * ratio)}"
-        plan = api.prune(model, folder, name, ratio=ratio, scores=scores[name])
-        check = verify(model, folder)
-        if not check.ok:
-            raise VerificationError(f"{folder.name}: max |Δlogit| {check.max_abs_diff:.3g} > {check.tolerance:g}")
-        pruned = load_lm(folder, dtype="float32")
-        ev = score_tokens(pruned, held, base=base, batch_size=batch_size)
-        del pruned
-        settings = {"device": "cpu", "dtype": "float32", "batch_size": batch_size}
-        entry = eval_record(out / "runs" / folder.name, model, settings, held, ev)
-        (folder / "eval.json").write_text(json.dumps(entry, indent=2) + "\n")
-        runs.append(
-            {
-                "criterion": name,
-                "kind": "weights" if name in WEIGHT_CRITERIA else "statistics",
-                "direction": plan.direction,
-                "ratio": ratio,
-                "pruned_per_layer": plan.n_pruned,
-                "folder": f"runs/{folder.name}",
-                "max_abs_logit_diff": check.max_abs_diff,
-                "perplexity": ev["perplexity"]["pruned"],
-                "kl_mean": ev["kl_mean"],
-                "top1_agreement": ev["top1_agreement"],
-            }
-        )
-        if progress is not None:
-            progress("models", 1, len(jobs))
+    # the original's logits, computed once for the KL of every model (not once per model), beside the output
+    with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.base-logits-") as cache:
+        cached = CachedLogits(base, Path(cache))
+        for name, ratio in jobs:
+            folder = tmp / "runs" / f"{name}-{round(100 * ratio)}"
+            plan = api.prune(model, folder, name, ratio=ratio, scores=scores[name])
+            check = verify(model, folder)
+            if not check.ok:
+                raise VerificationError(f"{folder.name}: max |Δlogit| {check.max_abs_diff:.3g} > {check.tolerance:g}")
+            pruned = load_lm(folder, dtype="float32")
+            ev = score_tokens(pruned, held, base=cached, batch_size=batch_size)
+            del pruned
+            settings = {"device": "cpu", "dtype": "float32", "batch_size": batch_size}
+            entry = eval_record(out / "runs" / folder.name, model, settings, held, ev)
+            (folder / "eval.json").write_text(json.dumps(entry, indent=2) + "\n")
+            runs.append(
+                {
+                    "criterion": name,
+                    "kind": "weights" if name in WEIGHT_CRITERIA else "statistics",
+                    "direction": plan.direction,
+                    "ratio": ratio,
+                    "pruned_per_layer": plan.n_pruned,
+                    "folder": f"runs/{folder.name}",
+                    "max_abs_logit_diff": check.max_abs_diff,
+                    "perplexity": ev["perplexity"]["pruned"],
+                    "kl_mean": ev["kl_mean"],
+                    "top1_agreement": ev["top1_agreement"],
+                }
+            )
+            if progress is not None:
+                progress("models", 1, len(jobs))
     say(f"[5/5] writing the results and the report to {out} ...")
     return {
         "model": str(model),

@@ -178,6 +178,32 @@ def eval_record(
     return record
 
 
+class CachedLogits:
+    """A base model whose logits are computed once per batch and kept in ``folder`` (one
+    safetensors file per batch, exact), for scoring many pruned models against the same base on the
+    same tokens and batch size: pass it to `score_tokens` as ``base``. The files take batches x
+    batch_size x seq_len x vocab x 4 bytes (535 MB for the demo's 32k tokens and 4096-word vocab)."""
+
+    def __init__(self, model: Any, folder: Path) -> None:
+        self.model, self.folder = model, folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def logits(self, index: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The base's logits for batch ``index`` (which is ``ids``, ``mask``)."""
+        from safetensors.torch import load_file, save_file
+
+        path = self.folder / f"batch-{index}.safetensors"
+        if path.is_file():
+            cached = load_file(path)
+            if torch.equal(cached["input_ids"], ids) and torch.equal(cached["attention_mask"], mask):
+                return cached["logits"]
+        logits = _logits(self.model, ids, mask)  # (b, L, V)
+        save_file(
+            {"logits": logits.contiguous(), "input_ids": ids.contiguous(), "attention_mask": mask.contiguous()}, path
+        )
+        return logits
+
+
 def score_tokens(
     model: Any,
     tokens: TokenBatch,
@@ -190,7 +216,8 @@ def score_tokens(
     """Perplexity of ``model`` (and ``base``) on ``tokens``, and with ``base`` the mean KL(P_base ‖ P_model)
     and top-1 agreement, over the positions whose token and next token are both real.
 
-    ``model`` and ``base`` are loaded causal LMs (``model(input_ids=, attention_mask=).logits``).
+    ``model`` and ``base`` are loaded causal LMs (``model(input_ids=, attention_mask=).logits``);
+    ``base`` may also be a `CachedLogits`.
     Returns ``{"n_positions", "nll_mean": {"pruned", "base"}, "perplexity": {"pruned", "base", "ratio"},
     "kl_mean", "top1_agreement"}`` (the ``base`` entries None without ``base``).
     """
@@ -201,9 +228,13 @@ def score_tokens(
     agree = n = 0
     total = tokens.n_tokens
     with torch.inference_mode():
-        for ids, mask in tokens.batches(batch_size):  # (b, L) each
+        for index, (ids, mask) in enumerate(tokens.batches(batch_size)):  # (b, L) each
             logits = _logits(model, ids, mask)  # (b, L, V)
-            base_logits = _logits(base, ids, mask).to(logits.device) if base is not None else None  # (b, L, V)
+            base_logits = None  # (b, L, V)
+            if isinstance(base, CachedLogits):
+                base_logits = base.logits(index, ids, mask).to(logits.device)
+            elif base is not None:
+                base_logits = _logits(base, ids, mask).to(logits.device)
             valid = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)  # (b, L-1): token t and t+1 real
             rows, cols = (x.to(logits.device) for x in valid.nonzero(as_tuple=True))  # (C,) each
             targets = ids.to(logits.device)[rows, cols + 1]  # (C,)
