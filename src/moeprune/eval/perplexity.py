@@ -198,9 +198,8 @@ class CachedLogits:
             if torch.equal(cached["input_ids"], ids) and torch.equal(cached["attention_mask"], mask):
                 return cached["logits"]
         logits = _logits(self.model, ids, mask)  # (b, L, V)
-        save_file(
-            {"logits": logits.contiguous(), "input_ids": ids.contiguous(), "attention_mask": mask.contiguous()}, path
-        )
+        kept = {"logits": logits, "input_ids": ids, "attention_mask": mask}
+        save_file({k: v.detach().cpu().contiguous() for k, v in kept.items()}, path)
         return logits
 
 
