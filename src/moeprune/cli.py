@@ -386,7 +386,7 @@ def calibrate(
             tokens,
             out=output,
             device=device,
-            dtype=("float32" if device.startswith("cpu") else "bfloat16") if dtype == "auto" else dtype,
+            dtype=dtype,
             batch_size=batch_size,
             resume=resume,
             offload_dir=offload_dir,

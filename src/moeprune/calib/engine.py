@@ -155,6 +155,12 @@ class Skeleton:
         return first[0], found
 
 
+def auto_dtype(device: torch.device) -> str:
+    """The compute dtype ``auto`` stands for: float32 on CPU (bfloat16 matrix products are several
+    times slower without CPU support for them), bfloat16 on CUDA."""
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
 M_MMAP_THRESHOLD = -3
 """glibc's mallopt parameter: blocks above this size get a mapping of their own."""
 
@@ -260,13 +266,15 @@ def calibrate(
     offload_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> RoutingStats:
-    """Routing statistics of ``model`` on ``tokens``; written to the STATS folder ``out`` if given."""
+    """Routing statistics of ``model`` on ``tokens``; written to the STATS folder ``out`` if given.
+    ``dtype`` ``auto``: see `auto_dtype`."""
     from moeprune.api import open_model
 
-    torch_dtype = getattr(torch, dtype)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")
+    dtype = auto_dtype(dev) if dtype == "auto" else dtype
+    torch_dtype = getattr(torch, dtype)
     rank, world = _dist()
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", rank % torch.cuda.device_count())

@@ -323,7 +323,9 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtyp
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if dtype == "auto":
-        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+        from moeprune.calib.engine import auto_dtype
+
+        dtype = auto_dtype(dev)
     return dev, getattr(torch, dtype)
 
 
