@@ -206,6 +206,13 @@ def plan(
         return _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
 
 
+def _removed_per_layer(moe: MoeModel, ratio: float | None, n_prune: int | None) -> int:
+    """Experts removed per MoE layer, checked against the routing before any weight is read."""
+    p = n_to_prune(moe.n_experts, ratio, n_prune)
+    check_feasible(moe.n_experts, moe.top_k, p, moe.groups)
+    return p
+
+
 def _plan(
     ckpt: Checkpoint,
     moe: MoeModel,
@@ -217,8 +224,7 @@ def _plan(
     stats: str | os.PathLike[str] | None,
     progress: Progress | None,
 ) -> PrunePlan:
-    p = n_to_prune(moe.n_experts, ratio, n_prune)
-    check_feasible(moe.n_experts, moe.top_k, p, moe.groups)  # before the (long) scoring pass
+    p = _removed_per_layer(moe, ratio, n_prune)
     if scores is None:
         if criterion == "all":
             raise InputError(f"pruning needs one criterion ({', '.join(CRITERIA)}); 'all' is for scoring only")
@@ -275,8 +281,7 @@ def prune(
         scoring: ScoringPass | None = None
         kept: Callable[[int], list[int]]  # layer index -> its kept original ids
         if _scores_while_writing(ckpt, moe, criterion, scores, stats):
-            p = n_to_prune(moe.n_experts, ratio, n_prune)
-            check_feasible(moe.n_experts, moe.top_k, p, moe.groups)
+            p = _removed_per_layer(moe, ratio, n_prune)
             scored = None if progress is None else lambda b, total: progress("score", b, total)
             scoring = ScoringPass(ckpt, moe, criterion, p, seed, scored)
             n_kept, kept = moe.n_experts - p, scoring.kept
