@@ -137,8 +137,9 @@ def _run(
     jobs = [(name, ratio) for ratio in ratios for name in scores]
     say(f"[4/5] pruning, verifying and evaluating {len(jobs)} models: {len(scores)} criteria x {len(ratios)} ratios")
     base = load_lm(model, dtype="float32")
-    base_eval = score_tokens(base, held, batch_size=batch_size)
+    settings = {"device": "cpu", "dtype": "float32", "batch_size": batch_size}
     runs: list[dict[str, Any]] = []
+    ev: dict[str, Any] = {}  # the last evaluation: its base entries are the original's, as in every one
     # the original's logits, computed once for the KL of every model (not once per model), beside the output
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}.base-logits-") as cache:
         cached = CachedLogits(base, Path(cache))
@@ -151,7 +152,6 @@ def _run(
             pruned = load_lm(folder, dtype="float32")
             ev = score_tokens(pruned, held, base=cached, batch_size=batch_size)
             del pruned
-            settings = {"device": "cpu", "dtype": "float32", "batch_size": batch_size}
             entry = eval_record(out / "runs" / folder.name, model, settings, held, ev)
             (folder / "eval.json").write_text(json.dumps(entry, indent=2) + "\n")
             runs.append(
@@ -178,8 +178,8 @@ def _run(
         "moe_layers": len(info["moe_layers"]),
         "top_k": info["top_k"],
         "calibration": {"tokens": calib.n_tokens, "sha256": calib.sha256(), "seconds": round(calib_s, 1)},
-        "heldout": {"tokens": held.n_tokens, "positions": base_eval["n_positions"], "sha256": held.sha256()},
-        "base_perplexity": base_eval["perplexity"]["pruned"],
+        "heldout": {"tokens": held.n_tokens, "positions": ev["n_positions"], "sha256": held.sha256()},
+        "base_perplexity": ev["perplexity"]["base"],
         "runs": runs,
     }
 
