@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,14 @@ def one_line_error(result: Any, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result
     for needle in needles:
         assert needle in lines[0], result
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``folder`` (and every sub-folder)."""
+    if not folder.exists():
+        return {}
+    out: dict[str, str] = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+    return out

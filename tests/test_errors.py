@@ -21,22 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import moeprune.io.writer as writer
+from helpers import snapshot
 
 Tiny = Callable[..., Path]
 Cli = Callable[..., Any]
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``folder`` (and every sub-folder)."""
-    if not folder.exists():
-        return {}
-    out: dict[str, str] = {}
-    for p in sorted(folder.rglob("*")):
-        rel = str(p.relative_to(folder))
-        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-    return out
 
 
 def assert_one_line(r: Any, code: int = 2, *needles: str, prefix: str = "error: ") -> str:

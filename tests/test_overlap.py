@@ -5,7 +5,6 @@ stop both, and --fsync must make the output durable."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import threading
@@ -18,16 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import moeprune.io.writer as writer
+from helpers import snapshot
 from moeprune import api
 from moeprune.io.format import read_header
 from moeprune.io.writer import OutTensor, write_checkpoint
 from moeprune.scoring.background import ScoringPass
 
 Tiny = Callable[..., Path]
-
-
-def _files(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
 def _scoring_threads() -> list[threading.Thread]:
@@ -67,7 +63,7 @@ def test_overlapped_prune_equals_scoring_first(
     first = api.prune(model, tmp_path / "b", "aimer", ratio=0.5, scores=api.score(model)["aimer"], **args)
     assert len(started) == 1, "given scores: nothing to overlap"
     assert overlapped.layers == first.layers and overlapped.scores == first.scores
-    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
     assert not _scoring_threads()
 
 
@@ -116,7 +112,7 @@ def test_a_scoring_error_during_the_write_is_one_line_and_leaves_nothing(
     tiny: Tiny, cli: Callable[..., Any], tmp_path: Path
 ) -> None:
     model, last = _nan_in_last_layer(tiny, tmp_path)
-    before = _files(model)
+    before = snapshot(model)
     for args in (
         ["prune", str(model), "--ratio", "0.5", "-o", str(tmp_path / "out")],
         ["score", str(model), "-o", str(tmp_path / "s.json")],
@@ -126,7 +122,7 @@ def test_a_scoring_error_during_the_write_is_one_line_and_leaves_nothing(
         assert r.err == f"error: layer {last}, expert 3: its aimer score is not finite (inf or NaN in weights)\n"
         assert "Traceback" not in r.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
-    assert _files(model) == before
+    assert snapshot(model) == before
     assert not _scoring_threads()
 
 
