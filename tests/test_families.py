@@ -88,9 +88,12 @@ LAYOUT: dict[str, Layout] = {
     "jamba": Layout("model.layers", "feed_forward", "router.weight"),
     "llama4_text": Layout("model.layers", "feed_forward", "router.weight", fused=_FUSED),
     "lfm2_moe": Layout("model.layers", "feed_forward", "gate.weight", {"expert_bias": 0}),
+    # issue 15 (docs/families.md)
+    "deepseek_v32": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
+DENSE_RULE |= {"deepseek_v32"}
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
@@ -100,9 +103,13 @@ RATIOS = (0.25, 0.5)
 ATOL = 1e-5
 
 
+V3_GROUPED = {"deepseek_v3", "glm4_moe", "deepseek_v32"}
+"""Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""
+
+
 def n_groups(family: str, text: dict[str, Any]) -> int:
     """Expert groups of a group-limited router (1 = flat), from the config (architectures.md §2.3)."""
-    if family in ("deepseek_v3", "glm4_moe"):
+    if family in V3_GROUPED:
         return int(text.get("n_group") or 1)
     if family == "deepseek_v2" and text.get("topk_method") == "group_limited_greedy":
         return int(text.get("n_group") or 1)

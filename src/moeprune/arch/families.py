@@ -72,6 +72,19 @@ def num_dense_layers(cfg: Config) -> list[int]:
     return [i for i in range(_n_layers(cfg)) if i >= k]
 
 
+def mlp_layer_types(fallback: Callable[[Config], list[int]]) -> Callable[[Config], list[int]]:
+    """Families whose transformers config writes ``mlp_layer_types`` ("dense" / "sparse" per layer,
+    the list the model reads): its "sparse" layers; hub configs that lack the list: ``fallback``."""
+
+    def rule(cfg: Config) -> list[int]:
+        types = cfg.get("mlp_layer_types")
+        if isinstance(types, list) and len(types) == _n_layers(cfg):
+            return [i for i, t in enumerate(types) if t == "sparse"]
+        return fallback(cfg)
+
+    return rule
+
+
 # --- group-limited routing ---------------------------------------------------------------------
 
 
@@ -411,6 +424,37 @@ _ENTRIES = [
             **_E8K2,
         ),
         notes="sigmoid + expert_bias; num_dense_layers",
+    ),
+    # --- families added for issue 15 (docs/families.md says what is special about each) ----------
+    Family(
+        "deepseek_v32",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(first_k_dense(3)),
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=_tiny(
+            architectures=["DeepseekV32ForCausalLM"],
+            n_routed_experts=8,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=2,
+            topk_group=1,
+            topk_method="noaux_tc",
+            scoring_func="sigmoid",
+            routed_scaling_factor=2.5,
+            norm_topk_prob=True,
+            q_lora_rank=32,
+            index_n_heads=2,
+            index_head_dim=16,
+            index_topk=8,
+            **_MLA,
+            **_E8K2,
+        ),
+        notes="as DeepSeek-V3; sparse-attention indexer (self_attn.indexer, kept); mlp_layer_types",
     ),
 ]
 
