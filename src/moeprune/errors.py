@@ -29,3 +29,9 @@ class VerificationError(MoePruneError):
     """A pruned checkpoint does not match the masked original."""
 
     exit_code = 1
+
+
+class Interrupted(MoePruneError):
+    """The run was stopped by a signal; the message says what was kept."""
+
+    exit_code = 130

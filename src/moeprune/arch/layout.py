@@ -165,6 +165,16 @@ def _layer(family: Family, i: int, block: str, names: list[str], tensors: Mappin
         odd = next((j for j, s in enumerate(suffixes) if s != suffixes[0]), None)
         if odd is not None:
             raise InputError(f"layer {i}: expert {odd} does not have the same tensors as expert 0")
+        first = [(tensors[k].dtype, tensors[k].shape) for k in sorted(layer.per_expert[0])]
+        for names in layer.per_expert.values():
+            pairs = zip(sorted(names), first, strict=True)
+            odd_shape = next((k for k, f in pairs if (tensors[k].dtype, tensors[k].shape) != f), None)
+            if odd_shape is not None:
+                t = tensors[odd_shape]
+                raise InputError(
+                    f"{odd_shape!r} has dtype {t.dtype} and shape {list(t.shape)}, unlike the same tensor of expert 0; "
+                    "the checkpoint is corrupt"
+                )
     elif not layer.fused:
         raise InputError(f"layer {i}: no expert tensors under {experts!r}")
     return layer

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.errors import InputError
+from moeprune.io.jsonfile import loads, regular_file
 
 ITEMSIZE: dict[str, int] = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
@@ -72,10 +73,44 @@ class TensorInfo:
         return self.nbytes // self.shape[0] if self.shape and self.shape[0] else 0
 
 
+MAX_DIM = 1 << 40
+"""No tensor dimension is this large; a header claiming one is corrupt."""
+
+
+def _int(value: Any) -> int | None:
+    """``value`` if it is a JSON integer (not a bool, float or string), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _entry(path: Path, name: str, entry: Any, base: int, size: int) -> TensorInfo:
+    """One header entry, checked: dtype known, shape of integers in [0, MAX_DIM], byte range of
+    two integers matching the shape and inside the file."""
+    where = f"{path}: corrupt safetensors header entry for {name!r}"
+    if not isinstance(entry, dict):
+        raise InputError(f"{where} (not an object)")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise InputError(f"{where} (dtype {dtype!r} is not a name)")
+    if dtype not in ITEMSIZE:
+        raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+    dims = [_int(d) for d in shape] if isinstance(shape, list) else None
+    if dims is None or any(d is None or not 0 <= d <= MAX_DIM for d in dims):
+        raise InputError(f"{where} (shape {shape!r} is not a list of sizes)")
+    span = [_int(o) for o in offsets] if isinstance(offsets, list) else None
+    if span is None or len(span) != 2 or span[0] is None or span[1] is None:
+        raise InputError(f"{where} (data_offsets {offsets!r} is not two integers)")
+    lo, hi = span
+    if lo < 0 or hi - lo != math.prod(dims) * ITEMSIZE[dtype]:  # type: ignore[arg-type]
+        raise InputError(f"{path}: corrupt safetensors header: {name!r} byte range does not match its shape")
+    if base + hi > size:
+        raise InputError(f"{path}: file is truncated ({size} bytes, tensor {name!r} needs {base + hi}); re-download it")
+    return TensorInfo(path, dtype, tuple(dims), base + lo, base + hi)  # type: ignore[arg-type]
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and validate a safetensors header: ``({name: TensorInfo}, metadata)``."""
+    size = regular_file(path, "safetensors file").st_size
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
@@ -83,32 +118,18 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             (n,) = struct.unpack("<Q", raw)
             if n > MAX_HEADER or 8 + n > size:
                 raise InputError(f"{path}: corrupt safetensors header (header length {n}, file {size} bytes)")
-            header = json.loads(f.read(n))
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found (missing shard?)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: corrupt safetensors header ({e.__class__.__name__})") from None
+            text = f.read(n)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
+    header = loads(text, f"{path}: corrupt safetensors header")
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InputError(f"{path}: corrupt safetensors header (__metadata__ is not a map of strings)")
     base = 8 + n
-    tensors: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            dtype, shape, (lo, hi) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
-            lo, hi = int(lo), int(hi)
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"{path}: corrupt safetensors header entry for {name!r}") from None
-        if not isinstance(dtype, str) or dtype not in ITEMSIZE:
-            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-        if hi - lo != math.prod(shape) * ITEMSIZE[dtype] or lo < 0:
-            raise InputError(f"{path}: corrupt safetensors header: {name!r} byte range does not match its shape")
-        if base + hi > size:
-            raise InputError(
-                f"{path}: file is truncated ({size} bytes, tensor {name!r} needs {base + hi}); re-download it"
-            )
-        tensors[name] = TensorInfo(path, dtype, shape, base + lo, base + hi)
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+    tensors = {name: _entry(path, name, entry, base, size) for name, entry in header.items()}
+    return tensors, dict(metadata)
 
 
 PAGE = 4096

@@ -7,14 +7,17 @@ tensor (or one slice) in memory at a time, no file mapped, the input never opene
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, StrictStr
+
+from moeprune.arch.config import load_config
 from moeprune.errors import InputError
 from moeprune.io.format import TensorInfo, read_bytes, read_header
+from moeprune.io.jsonfile import read_json, regular_file, validate
 
 if TYPE_CHECKING:
     import torch
@@ -184,35 +187,27 @@ def _hub_headers(repo: str, path: Path) -> dict[str, TensorInfo]:
     return tensors
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    file = path / "config.json"
-    if not file.is_file():
-        raise InputError(f"{path}: no config.json (is this a Hugging Face checkpoint folder?)")
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{file}: not a JSON object")
-    return config
+class _Index(BaseModel):
+    """model.safetensors.index.json: which shard holds each tensor."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    weight_map: dict[StrictStr, StrictStr]
 
 
 def _weight_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
     """The safetensors files to read, and the index's name -> file map when there is one."""
     index = path / INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise InputError(f"{index}: not a valid safetensors index ({e.__class__.__name__})") from None
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise InputError(f"{index}: not a valid safetensors index (weight_map is not a name -> file map)")
+    if index.exists() or index.is_symlink():
+        weight_map = validate(_Index, read_json(index, INDEX), str(index)).weight_map
         files = sorted(set(weight_map.values()))
-        if any(Path(f).name != f for f in files):
+        if any(Path(f).name != f or f in ("", ".", "..") for f in files):
             raise InputError(f"{index}: names a shard outside the checkpoint folder")
-        missing = [f for f in files if not (path / f).is_file()]
+        missing = [f for f in files if not ((path / f).exists() or (path / f).is_symlink())]
         if missing:
             raise InputError(f"{path}: shard {missing[0]} named by {INDEX} is missing ({len(missing)} missing)")
+        for f in files:
+            regular_file(path / f, f"shard named by {INDEX}")
         return [path / f for f in files], dict(weight_map)
     if (path / SINGLE).is_file():
         return [path / SINGLE], None

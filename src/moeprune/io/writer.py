@@ -25,7 +25,6 @@ import errno
 import json
 import os
 import re
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from moeprune.errors import OutputError
 from moeprune.io.format import PAGE, encode_header
+from moeprune.io.paths import atomic_dir
 
 WRITEBACK_BYTES = 64 << 20
 """Bytes of a shard copied between two write-back requests."""
@@ -227,40 +227,14 @@ def _copy(src: int, dst: int, start: int, count: int, at: int) -> None:
 
 @contextmanager
 def atomic_folder(target: Path, overwrite: bool, durable: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target`` (an existing
-    one only with ``overwrite``, and only once the new one is complete); on any failure or
-    interruption it is removed and ``target`` is left as it was. ``durable``: every file in the
-    folder, the folder and its parent are fsynced, so the finished output survives a power cut."""
-    target = target.resolve()
-    if target.exists() and not overwrite:
-        raise OutputError(f"{target} already exists; pass --overwrite to replace it")
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{target} exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.moeprune-partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    """`paths.atomic_dir`: a temporary folder beside ``target`` that replaces it only once complete
+    (an existing one only with ``overwrite``), removed on any failure or interruption.
+    ``durable``: every file in the folder, the folder and its parent are fsynced, so the finished
+    output survives a power cut."""
+    with atomic_dir(target, overwrite, on_success=_fsync_tree if durable else None) as tmp:
         yield tmp
-        if durable:
-            _fsync_tree(tmp)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == errno.ENOSPC:
-            raise OutputError(f"no space left on device while writing {target}; nothing was written") from None
-        raise OutputError(f"could not write {target}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        old = target.parent / f".{target.name}.moeprune-old-{os.getpid()}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
     if durable:
-        _fsync(target.parent)
+        _fsync(Path(target).expanduser().absolute().parent)
 
 
 def _fsync_tree(folder: Path) -> None:
