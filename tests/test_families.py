@@ -90,27 +90,36 @@ LAYOUT: dict[str, Layout] = {
     "lfm2_moe": Layout("model.layers", "feed_forward", "gate.weight", {"expert_bias": 0}),
     # issue 15 (docs/families.md)
     "deepseek_v32": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
+    "glm_moe_dsa": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
+    "glm4_moe_lite": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
+    "dots1": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
+    "solar_open": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
+    "exaone_moe": Layout("model.layers", "mlp", "gate.weight", {"e_score_correction_bias": 0}),
+    "kimi_linear": Layout("model.layers", "block_sparse_moe", "gate.weight", {"gate.e_score_correction_bias": 0}),
+    "minimax": Layout("model.layers", "block_sparse_moe", "gate.weight"),
+    "flex_olmo": Layout("model.layers", "mlp", "gate.weight"),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
-DENSE_RULE |= {"deepseek_v32"}
+DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_moe", "kimi_linear"}
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
 COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-TOPK_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk")
+TOPK_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token")
 RATIOS = (0.25, 0.5)
 ATOL = 1e-5
 
 
-V3_GROUPED = {"deepseek_v3", "glm4_moe", "deepseek_v32"}
+V3_GROUPED = {"deepseek_v3", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "solar_open"}
+V3_GROUPED |= {"exaone_moe", "kimi_linear"}
 """Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""
 
 
 def n_groups(family: str, text: dict[str, Any]) -> int:
     """Expert groups of a group-limited router (1 = flat), from the config (architectures.md §2.3)."""
     if family in V3_GROUPED:
-        return int(text.get("n_group") or 1)
+        return int(text.get("n_group") or text.get("num_expert_group") or 1)
     if family == "deepseek_v2" and text.get("topk_method") == "group_limited_greedy":
         return int(text.get("n_group") or 1)
     return 1
