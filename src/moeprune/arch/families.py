@@ -599,6 +599,7 @@ _ENTRIES = [
         mem_bias="mlp.gate.e_score_correction_bias",
         tiny=_tiny(
             architectures=["KimiLinearForCausalLM"],
+            num_key_value_heads=4,
             num_experts=8,
             num_experts_per_token=2,
             moe_intermediate_size=32,
