@@ -23,6 +23,11 @@ RATIO_HELP = (
     "Fraction of routed experts removed from every MoE layer. Per layer, p = the integer nearest "
     "to ratio x experts, exact halves rounded down (e.g. 0.25 of 8 -> 2, 0.3 of 5 -> 1)."
 )
+GOALS = ("task-agnostic", "task-specific")
+GOAL_HELP = (
+    "Without --criterion, use what arXiv 2606.15716's selection principle recommends: task-agnostic -> man "
+    "(aimer without --stats), task-specific -> gean (calibrate on the target domain first)."
+)
 
 
 BYTE_STAGES = {"score", "write"}
@@ -144,22 +149,44 @@ def _ranges(ids: list[int]) -> str:
 @click.option(
     "--criterion",
     "-c",
-    default="aimer",
-    show_default=True,
     help="aimer, magnitude, random; with --stats also frequency, seer, ean, reap, man, msan, gean, s022 or "
-    "unified:b,α,β; or all (every criterion the inputs allow, and how much their pruned sets overlap).",
+    "unified:b,α,β; or all (every criterion the inputs allow, and how much their pruned sets overlap). "
+    "Default: the --goal's recommendation, else aimer.",
 )
 @click.option("--stats", type=click.Path(path_type=Path), help="STATS folder written by `moeprune calibrate`.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random criterion.")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="scores.json to write."
 )
+@click.option("--goal", type=click.Choice(GOALS), help=GOAL_HELP)
+@click.option(
+    "--stability",
+    is_flag=True,
+    help="With --stats: also print how stable each statistics criterion's selection is when the calibration "
+    "data is resampled (bootstrap and halves of its shards, at ratios 0.25 and 0.5).",
+)
 @click.pass_context
-def score(ctx: click.Context, model: str, criterion: str, stats: Path | None, seed: int, output: Path) -> None:
+def score(
+    ctx: click.Context,
+    model: str,
+    criterion: str | None,
+    stats: Path | None,
+    seed: int,
+    output: Path,
+    goal: str | None,
+    stability: bool,
+) -> None:
     """Score every routed expert (writes scores.json)."""
     from moeprune.api import pruned_overlap
     from moeprune.api import score as run
+    from moeprune.errors import InputError
+    from moeprune.scoring.recommend import choose
 
+    if stability and stats is None:
+        raise InputError("--stability needs --stats: the STATS folder of a calibration")
+    criterion, advice = choose(criterion, goal, stats is not None)
+    if advice:
+        _note(ctx, advice)
     bars = _Progress(ctx.obj["quiet"])
     try:
         result = run(model, criterion, seed=seed, stats=stats, progress=bars)
@@ -183,6 +210,10 @@ def score(ctx: click.Context, model: str, criterion: str, stats: Path | None, se
             click.echo(" " * 11 + "".join(f"{n[:9]:>10}" for n in names))
             for a in names:
                 click.echo(f"{a[:10]:>10} " + "".join(f"{table[a][b]:>10.2f}" for b in names))
+    if stability and stats is not None:
+        from moeprune.scoring.stability import model_stability
+
+        click.echo("\n" + model_stability(model, stats, criterion))
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -196,10 +227,10 @@ def _write_json(path: Path, data: Any) -> None:
 @click.option(
     "--criterion",
     "-c",
-    default="aimer",
-    show_default=True,
-    help="aimer, magnitude, random; with --stats frequency, seer, ean, reap, man, msan, gean, s022, unified:b,α,β.",
+    help="aimer, magnitude, random; with --stats frequency, seer, ean, reap, man, msan, gean, s022, unified:b,α,β. "
+    "Default: the --goal's recommendation, else aimer.",
 )
+@click.option("--goal", type=click.Choice(GOALS), help=GOAL_HELP)
 @click.option("--stats", type=click.Path(path_type=Path), help="STATS folder written by `moeprune calibrate`.")
 @click.option("--ratio", type=float, help=RATIO_HELP)
 @click.option("--prune", "n_prune", type=int, help="Experts removed per MoE layer (instead of --ratio).")
@@ -230,7 +261,8 @@ def _write_json(path: Path, data: Any) -> None:
 def prune(
     ctx: click.Context,
     model: str,
-    criterion: str,
+    criterion: str | None,
+    goal: str | None,
     stats: Path | None,
     ratio: float | None,
     n_prune: int | None,
@@ -244,8 +276,13 @@ def prune(
 ) -> None:
     """Remove the lowest-value routed experts from every MoE layer and write the checkpoint."""
     from moeprune.api import prune as run
+    from moeprune.scoring.recommend import choose
 
     scores = _load_scores(scores_file) if scores_file else None
+    if scores is None:
+        criterion, advice = choose(criterion, goal, stats is not None)
+        if advice:
+            _note(ctx, advice)
     bars = _Progress(ctx.obj["quiet"])
     try:
         made = run(

@@ -323,6 +323,7 @@ def calibrate(
                 for b, (_, mask) in enumerate(batches):
                     if observer is not None:
                         observer.valid = mask.reshape(-1).bool()
+                        observer.shard = observer.shards_of(mask, b * batch_size, rank, world, tokens.n_samples)
                     with torch.no_grad():
                         h = layer(cache.get(b).to(dev), **_to(kwargs[b][i], dev))
                     cache.put(b, h[0] if isinstance(h, tuple) else h)
@@ -339,6 +340,7 @@ def calibrate(
 
                     dist.all_reduce(moments)
                 stats.moments[stats_layers.index(i)] = moments.cpu()
+                stats.set_shards(i, observer.shard_moments(world))
             stats.meta["finished_layers"] = [j for j in stats_layers if j <= i]
             stats.meta.setdefault("seconds_per_layer", {})[str(i)] = round(time.perf_counter() - t0, 3)
             if folder is not None and rank == 0:

@@ -24,35 +24,66 @@ import torch
 
 PAIRS_PER_CALL = 1 << 14
 """(token, expert) pairs per experts-module call: bounds the observer's extra memory (pairs x H)."""
+SHARDS = 8
+"""Calibration shards: disjoint slices of the calibration windows (in order), each with moments of its
+own beside the totals, so that selections can be resampled without re-running the model."""
+
+
+def window_shards(mask: torch.Tensor, first: int, rank: int, world: int, n_windows: int) -> torch.Tensor:
+    """(T,) shard of every token row of a batch: ``mask`` (b, L) holds this rank's windows
+    ``first .. first + b - 1``; rank r of ``world`` has the global windows r, r + world, ...; window
+    w of ``n_windows`` belongs to shard ``w * S // n_windows`` (S = min(SHARDS, n_windows))."""
+    count, length = mask.shape
+    window = rank + world * torch.arange(first, first + count, dtype=torch.int64)
+    return (window * min(SHARDS, n_windows) // max(1, n_windows)).repeat_interleave(length)
 
 
 class Moments:
     """Float64 accumulators ``A[j, α, β] = Σ g^α ‖f‖^β`` for one MoE layer."""
 
-    def __init__(self, n_experts: int, device: torch.device | str = "cpu"):
+    def __init__(self, n_experts: int, device: torch.device | str = "cpu", n_shards: int = 0):
         self.a = torch.zeros(n_experts, 3, 3, dtype=torch.float64, device=device)
+        self.shards = torch.zeros(n_shards, n_experts, 3, 3, dtype=torch.float64, device=device)
+        """(S, E, 3, 3): the same sums per calibration shard (filled where ``add*`` get ``shard``)."""
+        self.sharded = False
 
-    def add(self, j: int, g: torch.Tensor, norm: torch.Tensor) -> None:
+    def _add_shards(self, index: torch.Tensor, prod: torch.Tensor) -> None:
+        if self.shards.device != prod.device:
+            self.shards = self.shards.to(prod.device)
+        self.shards.view(-1, 3, 3).index_add_(0, index.to(prod.device), prod)
+        self.sharded = True
+
+    def add(self, j: int, g: torch.Tensor, norm: torch.Tensor, shard: torch.Tensor | None = None) -> None:
         g, norm = g.to(torch.float64), norm.to(torch.float64)
         gp = torch.stack([torch.ones_like(g), g, g * g])  # (3, n)
         fp = torch.stack([torch.ones_like(norm), norm, norm * norm])  # (3, n)
         self.a[j] += gp @ fp.T
+        if shard is not None and self.shards.shape[0]:
+            self._add_shards(shard * self.a.shape[0] + j, gp.T.unsqueeze(2) * fp.T.unsqueeze(1))
 
-    def add_pairs(self, j: torch.Tensor, g: torch.Tensor, norm: torch.Tensor) -> None:
-        """Add (expert ``j[n]``, gate ``g[n]``, norm ``norm[n]``) for n pairs at once."""
+    def add_pairs(
+        self, j: torch.Tensor, g: torch.Tensor, norm: torch.Tensor, shard: torch.Tensor | None = None
+    ) -> None:
+        """Add (expert ``j[n]``, gate ``g[n]``, norm ``norm[n]``) for n pairs at once; with ``shard[n]``
+        also into the pair's calibration shard."""
         g, norm = g.to(torch.float64), norm.to(torch.float64)
         gp = torch.stack([torch.ones_like(g), g, g * g], dim=1)  # (n, 3)
         fp = torch.stack([torch.ones_like(norm), norm, norm * norm], dim=1)  # (n, 3)
-        self.a.index_add_(0, j, gp.unsqueeze(2) * fp.unsqueeze(1))  # (n, 3, 3) into (E, 3, 3)
+        prod = gp.unsqueeze(2) * fp.unsqueeze(1)  # (n, 3, 3)
+        self.a.index_add_(0, j, prod)  # into (E, 3, 3)
+        if shard is not None and self.shards.shape[0]:
+            self._add_shards(shard.to(j.device) * self.a.shape[0] + j, prod)  # into (S·E, 3, 3)
 
 
 class Observer:
     """Attach to one decoder layer's MoE block; ``valid`` is the (T,) non-padding token mask of
-    the batch being run (set by the engine before each call)."""
+    the batch being run and ``shard`` the (T,) calibration shard of each token row (`window_shards`),
+    both set by the engine before each call."""
 
     def __init__(self, layer: torch.nn.Module, experts_path: str, router_path: str, n_experts: int, scaled_input: bool):
-        self.moments = Moments(n_experts)
+        self.moments = Moments(n_experts, n_shards=SHARDS)
         self.valid: torch.Tensor | None = None
+        self.shard: torch.Tensor | None = None
         self.experts = layer.get_submodule(experts_path)
         self._handles: list[Any] = []
         if scaled_input:
@@ -67,6 +98,19 @@ class Observer:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    shards_of = staticmethod(window_shards)
+
+    def shard_moments(self, world: int = 1) -> torch.Tensor | None:
+        """(S, E, 3, 3) moments per calibration shard on the CPU, summed over data-parallel ranks;
+        None when the engine gave no shards."""
+        if not self.moments.sharded:
+            return None
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(self.moments.shards)
+        return self.moments.shards.cpu()
 
     def _mask(self, n: int, device: torch.device) -> torch.Tensor:
         if self.valid is None:
@@ -96,7 +140,8 @@ class Observer:
             out[lo:hi] = (f * g.unsqueeze(-1).to(f.dtype)).view(hi - lo, k, -1).sum(dim=1).to(out.dtype)
             keep = valid[lo:hi].repeat_interleave(k)  # (n·k,)
             if keep.any():
-                self.moments.add_pairs(ids[keep, 0], g[keep], f[keep].float().norm(dim=-1))
+                shard = None if self.shard is None else self.shard[lo:hi].repeat_interleave(k)[keep.cpu()]
+                self.moments.add_pairs(ids[keep, 0], g[keep], f[keep].float().norm(dim=-1), shard)
         return out
 
     # -- scaled-input routing (Llama 4) -----------------------------------------------------------
@@ -120,6 +165,7 @@ class Observer:
                     continue
                 gate, up = (x[rows] @ w_in[j]).chunk(2, dim=-1)
                 f = (up * act(gate)) @ w_out[j]
-                self.moments.add(j, scores[rows, j], f.float().norm(dim=-1))
+                shard = None if self.shard is None else self.shard[rows.cpu()]
+                self.moments.add(j, scores[rows, j], f.float().norm(dim=-1), shard)
 
         self._handles.append(router.register_forward_hook(on_router))
