@@ -98,10 +98,22 @@ LAYOUT: dict[str, Layout] = {
     "kimi_linear": Layout("model.layers", "block_sparse_moe", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "minimax": Layout("model.layers", "block_sparse_moe", "gate.weight"),
     "flex_olmo": Layout("model.layers", "mlp", "gate.weight"),
+    "afmoe": Layout("model.layers", "mlp", "router.gate.weight", {"expert_bias": 0}),
+    "bailing_hybrid": Layout("model.layers", "mlp", "gate.weight", {"gate.expert_bias": 0}),
+    "cohere2_moe": Layout("model.layers", "mlp", "gate.weight"),
+    "laguna": Layout("model.layers", "mlp", "gate.weight", {"experts.e_score_correction_bias": 0}),
+    "granitemoeshared": Layout(
+        "model.layers", "block_sparse_moe", "router.layer.weight", fused=("input_linear.weight", "output_linear.weight")
+    ),
+    "granitemoehybrid": Layout(
+        "model.layers", "block_sparse_moe", "router.layer.weight", fused=("input_linear.weight", "output_linear.weight")
+    ),
+    "granitemoe_swa": Layout("model.layers", "block_sparse_moe", "router.weight", fused=_FUSED),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
-DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_moe", "kimi_linear"}
+DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_moe", "kimi_linear", "afmoe"}
+DENSE_RULE |= {"bailing_hybrid", "laguna"}
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
@@ -112,7 +124,7 @@ ATOL = 1e-5
 
 
 V3_GROUPED = {"deepseek_v3", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "solar_open"}
-V3_GROUPED |= {"exaone_moe", "kimi_linear"}
+V3_GROUPED |= {"exaone_moe", "kimi_linear", "bailing_hybrid"}
 """Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""
 
 

@@ -28,6 +28,13 @@ CALIBRATED = [
     "kimi_linear",
     "minimax",
     "flex_olmo",
+    "afmoe",
+    "bailing_hybrid",
+    "cohere2_moe",
+    "laguna",
+    "granitemoeshared",
+    "granitemoehybrid",
+    "granitemoe_swa",
 ]
 """Families added for issue 15 whose calibration is checked against the reference. Not here:
 glm_moe_dsa (GLM-5 decoder layers pass the indexer's top-k to the next layer, which the layer-wise
