@@ -109,11 +109,12 @@ LAYOUT: dict[str, Layout] = {
         "model.layers", "block_sparse_moe", "router.layer.weight", fused=("input_linear.weight", "output_linear.weight")
     ),
     "granitemoe_swa": Layout("model.layers", "block_sparse_moe", "router.weight", fused=_FUSED),
+    "sarvam_moe": Layout("model.layers", "mlp", "gate.weight", {"gate.expert_bias": 0}),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
 DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_moe", "kimi_linear", "afmoe"}
-DENSE_RULE |= {"bailing_hybrid", "laguna"}
+DENSE_RULE |= {"bailing_hybrid", "laguna", "sarvam_moe"}
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
@@ -124,7 +125,7 @@ ATOL = 1e-5
 
 
 V3_GROUPED = {"deepseek_v3", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "solar_open"}
-V3_GROUPED |= {"exaone_moe", "kimi_linear", "bailing_hybrid"}
+V3_GROUPED |= {"exaone_moe", "kimi_linear", "bailing_hybrid", "sarvam_moe"}
 """Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""
 
 

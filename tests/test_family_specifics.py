@@ -35,6 +35,7 @@ CALIBRATED = [
     "granitemoeshared",
     "granitemoehybrid",
     "granitemoe_swa",
+    "sarvam_moe",
 ]
 """Families added for issue 15 whose calibration is checked against the reference. Not here:
 glm_moe_dsa (GLM-5 decoder layers pass the indexer's top-k to the next layer, which the layer-wise

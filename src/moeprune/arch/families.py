@@ -809,6 +809,32 @@ _ENTRIES = [
         ),
         notes="Granite-MoE with sliding-window layers; fused experts.gate_up_proj / down_proj on disk",
     ),
+    Family(
+        "sarvam_moe",
+        count_keys=("n_routed_experts", "num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=first_k_dense(1),
+        sliced=(("gate.expert_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=_tiny(
+            architectures=["SarvamMoEForCausalLM"],
+            n_routed_experts=8,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=2.5,
+            norm_topk_prob=True,
+            pad_token_id=0,
+            bos_token_id=None,
+            eos_token_id=1,
+            **_E8K2,
+        ),
+        notes="Sarvam-30B (runs as GLM-4.5 in transformers): sigmoid + gate.expert_bias; fused q/k/v kept",
+    ),
 ]
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
