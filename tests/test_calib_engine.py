@@ -44,9 +44,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from helpers import WORDS, one_line_error, save_word_tokenizer
-from moeprune.calib import engine
+from moeprune.calib import engine, memory
 from moeprune.calib.data import TokenBatch, load_tokens
 from moeprune.calib.engine import calibrate
+from moeprune.calib.skeleton import Skeleton
 from moeprune.scoring.stats import RoutingStats
 
 N_SEQ, SEQ_LEN, VOCAB, TOP_K, N_LAYERS, BATCH = 5, 16, 128, 2, 3, 2
@@ -140,9 +141,9 @@ class Spy:
         self.calls: dict[int, int] = {}
         self.seen: dict[int, list[str]] = {}  # layer -> files of the offload cache when it is loaded
         self.offload: Path | None = None
-        original = engine.Skeleton.load_layer
+        original = Skeleton.load_layer
 
-        def load_layer(skel: engine.Skeleton, i: int) -> torch.nn.Module:
+        def load_layer(skel: Skeleton, i: int) -> torch.nn.Module:
             if i == stop_before:
                 raise KeyboardInterrupt
             layer = original(skel, i)
@@ -158,7 +159,7 @@ class Spy:
             layer.register_forward_pre_hook(count, with_kwargs=True)
             return layer
 
-        monkeypatch.setattr(engine.Skeleton, "load_layer", load_layer)
+        monkeypatch.setattr(Skeleton, "load_layer", load_layer)
 
 
 def interrupted(
@@ -448,7 +449,7 @@ def test_cli_dtype_auto_is_float32_on_cpu(model: Path, ids: Path, cli: Any, tmp_
 _FREE_SCRIPT = """
 import ctypes, sys
 from contextlib import nullcontext
-from moeprune.calib.engine import _mapped_allocations, release_freed_memory
+from moeprune.calib.memory import mapped_allocations, release_freed_memory
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
@@ -459,7 +460,7 @@ def rss():
 MB = 1 << 20
 mode = sys.argv[1]
 libc.free(libc.malloc(4 * MB))  # glibc raises its mmap threshold to this block's size
-with _mapped_allocations() if mode == "loading" else nullcontext():
+with mapped_allocations() if mode == "loading" else nullcontext():
     blocks = [libc.malloc(MB) for _ in range(200)]  # a layer's tensors, say
     for b in blocks:
         ctypes.memset(b, 1, MB)
@@ -493,8 +494,9 @@ def test_every_layer_load_is_mapped_and_every_freed_layer_trimmed(
     model: Path, tokens: TokenBatch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(engine, "_mallopt_threshold", lambda n: calls.append(("threshold", n)) or True)
-    monkeypatch.setattr(engine, "release_freed_memory", lambda: calls.append(("trim",)) or True)
+    monkeypatch.setattr(memory, "_mallopt_threshold", lambda n: calls.append(("threshold", n)) or True)
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: calls.append(("trim",)) or True)
     calibrate(model, tokens, batch_size=BATCH)
-    per_layer = [("threshold", 128 << 10), ("threshold", 32 << 20), ("trim",), ("trim",)]  # load, then free
-    assert calls == per_layer * N_LAYERS
+    load = [("threshold", 128 << 10), ("threshold", 32 << 20), ("trim",)]
+    load_then_free = [*load, ("trim",)]  # first what lies outside the layers (freed: the embeddings), then each layer
+    assert calls == load_then_free * (1 + N_LAYERS)

@@ -1,7 +1,8 @@
-"""Layer-wise calibration: run real tokens through the model one decoder layer at a time.
+"""The layer-wise calibration run: real tokens through the model one decoder layer at a time,
+the routed-token observer on every MoE layer, the activation cache, resume and torchrun.
 
-1. Build the model skeleton on the meta device (no weights) and load only what lies outside the
-   decoder layers (embeddings...) with transformers' own loading and key conversion.
+1. Build the model skeleton on the meta device (no weights; `calib.skeleton`) and load only what
+   lies outside the decoder layers (embeddings...) with transformers' own loading and key conversion.
 2. Capture, for every batch, the first decoder layer's input and the keyword arguments the model
    passes to each layer (attention masks per layer type, position embeddings), by running the
    model's own forward with every layer stubbed out.
@@ -9,7 +10,8 @@
    converted by transformers), run every cached batch through it with the routed-token observer
    on its experts, replace the cache with the outputs, and free the layer.
 
-Peak memory is one layer plus the activation cache, which lives on disk (``offload_dir``, or the
+Peak memory is one layer (as loaded and converted; `calib.memory` gives it back to the OS after
+each layer) plus the activation cache, which lives on disk (``offload_dir``, or the
 STATS folder) whenever a STATS folder is written, so an interrupted run resumes from the last
 finished layer. Under torch.distributed (torchrun), each rank takes a disjoint share of the
 samples and the moments are all-reduced after every layer: the result equals one process.
@@ -18,30 +20,23 @@ samples and the moments are all-reduced after every layer: the result equals one
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from moeprune.arch.layout import MoeModel
 from moeprune.calib.data import TokenBatch
 from moeprune.calib.hooks import Observer
+from moeprune.calib.skeleton import Skeleton
 from moeprune.errors import InputError
-from moeprune.io.reader import Checkpoint
 from moeprune.scoring.stats import RoutingStats, model_fingerprint
 
 Progress = Callable[[str, int, int], None]
 CACHE = ".activations"
-
-
-class _Stop(Exception):
-    """Raised by the last stubbed layer: the capture pass needs nothing after it."""
 
 
 def distributed_rank() -> int:
@@ -60,156 +55,10 @@ def _dist() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-class Skeleton:
-    """The model with meta weights, filled layer by layer through transformers' loading code."""
-
-    def __init__(self, ckpt: Checkpoint, moe: MoeModel, dtype: torch.dtype, device: torch.device):
-        from transformers import AutoConfig, AutoModelForCausalLM
-        from transformers.conversion_mapping import get_model_conversion_mapping
-
-        self.ckpt, self.moe, self.dtype, self.device = ckpt, moe, dtype, device
-        config = AutoConfig.from_pretrained(ckpt.path)
-        with torch.device("meta"):
-            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        self.model.eval()
-        self.mapping = get_model_conversion_mapping(self.model)
-        from moeprune.verify import decoder_layers
-
-        self.layers = decoder_layers(self.model)
-        pattern = re.compile(re.escape(moe.family.layers) + r"\.(\d+)\.")
-        self.keys: dict[int, list[str]] = {}
-        outside = []
-        for name in ckpt.tensors:
-            m = pattern.match(name)
-            if m:
-                self.keys.setdefault(int(m.group(1)), []).append(name)
-            elif "lm_head" not in name and not (moe.family.mtp and name.startswith(moe.family.mtp.split(".")[0] + ".")):
-                outside.append(name)
-        self.load(outside)
-        for name, buf in list(self.model.named_non_persistent_buffers()):  # rotary tables etc.
-            owner, _, attr = name.rpartition(".")
-            module = self.model.get_submodule(owner)
-            module.register_buffer(attr, torch.empty_like(buf, device=device), persistent=False)
-            self.model._init_weights(module)
-
-    def load(self, names: list[str]) -> None:
-        from transformers.core_model_loading import convert_and_load_state_dict_in_model
-        from transformers.modeling_utils import LoadStateDictConfig
-        from transformers.utils import logging as hf_logging
-
-        state = {n: self.ckpt.read(n) for n in names}
-        config = LoadStateDictConfig(
-            device_map={"": self.device},
-            dtype=self.dtype,
-            weight_mapping=self.mapping,  # type: ignore[arg-type]
-        )
-        was = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            convert_and_load_state_dict_in_model(self.model, state, config)
-        finally:
-            if was:
-                hf_logging.enable_progress_bar()
-
-    def load_layer(self, i: int) -> torch.nn.Module:
-        with _mapped_allocations():
-            self.load(self.keys.get(i, []))
-        layer = self.layers[i]
-        meta = [n for n, p in list(layer.named_parameters()) + list(layer.named_buffers()) if p.is_meta]
-        if meta:
-            raise InputError(f"layer {i}: the checkpoint has no weights for {meta[0]}")
-        return layer
-
-    def free_layer(self, i: int) -> None:
-        self.layers[i].to("meta")
-        release_freed_memory()
-
-    def capture(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        """The first layer's input and every layer's keyword arguments for one batch."""
-        found: list[dict[str, Any]] = []
-        first: list[torch.Tensor] = []
-        last = len(self.layers) - 1
-
-        def stub(i: int) -> Callable[..., Any]:
-            def run(*args: Any, **kwargs: Any) -> Any:
-                hidden = args[0] if args else kwargs.pop("hidden_states")
-                if not first:
-                    first.append(hidden)
-                found.append({k: v for k, v in kwargs.items() if k != "hidden_states"} | _extra(args))
-                if i == last:
-                    raise _Stop
-                return hidden
-
-            return run
-
-        for i, layer in enumerate(self.layers):
-            layer.forward = stub(i)
-        try:
-            with torch.no_grad():
-                self.model.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            for layer in self.layers:
-                del layer.forward
-        return first[0], found
-
-
 def auto_dtype(device: torch.device) -> str:
     """The compute dtype ``auto`` stands for: float32 on CPU (bfloat16 matrix products are several
     times slower without CPU support for them), bfloat16 on CUDA."""
     return "bfloat16" if device.type == "cuda" else "float32"
-
-
-M_MMAP_THRESHOLD = -3
-"""glibc's mallopt parameter: blocks above this size get a mapping of their own."""
-
-
-def _mallopt_threshold(nbytes: int) -> bool:
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, nbytes))
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
-def release_freed_memory() -> bool:
-    """Hand the C heap's free memory back to the OS (glibc's ``malloc_trim``; False elsewhere)."""
-    import ctypes
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim(0)
-    return True
-
-
-@contextmanager
-def _mapped_allocations() -> Iterator[None]:
-    """While loading a layer, give every block above 128 KiB a mapping of its own, so that the
-    conversion's temporaries (per-expert tensors before fusing, dtype casts) go back to the OS as
-    soon as they are freed; afterwards blocks up to 32 MiB come from the heap again (glibc's own
-    ceiling, which forward passes reach anyway), and the heap's free memory is trimmed.
-
-    By default glibc serves blocks up to 32 MiB from its heap once one that large has been freed,
-    and keeps freed blocks there whenever a live one sits above them, so layer after layer the
-    process grew: a 128-expert model (0.5 MB expert matrices) peaked at 2.22 GB; trimming after
-    each layer alone gave 1.70 GB; this gives 1.30 GB. A fixed 128 KiB threshold for the whole run
-    would make every large temporary of the forward passes a fresh mapping: 1.6-1.9x slower."""
-    _mallopt_threshold(128 << 10)
-    try:
-        yield
-    finally:
-        _mallopt_threshold(32 << 20)
-        release_freed_memory()
-
-
-def _extra(args: tuple[Any, ...]) -> dict[str, Any]:
-    if len(args) > 1:
-        raise InputError("a decoder layer is called with positional arguments this version cannot replay")
-    return {}
 
 
 class Cache:
@@ -309,7 +158,7 @@ def calibrate(
             if start == 0:
                 cache.put(b, hidden)
         cache.advance()
-        skel.model.get_input_embeddings().to("meta")
+        skel.free_embeddings()
         n_tok = int(sum(int(m.sum()) for _, m in batches))
         for i in range(start, len(skel.layers)):
             layer = skel.load_layer(i)
