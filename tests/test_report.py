@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from html import unescape
 import re
 import shutil
 import sys
@@ -18,7 +19,7 @@ from moeprune.cli import main
 from moeprune.errors import InputError
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, LayerPlan, PrunePlan
 from moeprune.report import Run, build_report, jaccard, load_run, rankdata, spearman
-from moeprune.report.build import agreement, expected_jaccard
+from moeprune.report.agreement import agreement, expected_jaccard
 
 Tiny = Callable[..., Path]
 Cli = Callable[..., Any]
@@ -64,12 +65,13 @@ def runs(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 
 def _titles(html: str) -> list[str]:
-    return re.findall(r"<figcaption>(.*?)</figcaption>", html)
+    return [unescape(t) for t in re.findall(r'data-title="(.*?)"', html)]
 
 
 @needs_mpl
 def test_report_of_two_runs(runs: dict[str, Path], cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "out" / "report.html"
+    out.parent.mkdir()
     r = cli("report", str(runs["aimer"]), str(runs["magnitude"]), "-o", str(out))
     assert r.code == 0, r
     html = out.read_text()
@@ -87,7 +89,7 @@ def test_report_of_two_runs(runs: dict[str, Path], cli: Cli, tmp_path: Path) -> 
     for cell in ("perplexity (pruned)", "123.4", "1.234", "0.0567", "0.875", "arc_easy", "acc_norm", "0.625", "0.8"):
         assert f">{cell}<" in html, cell
     assert re.search(r"<td>boolq</td><td>acc</td><td>0.75</td><td>—</td><td>—</td>", html)
-    assert "<td>random tokens</td>" not in html and "source=random tokens, tokens=512" in html
+    assert "<td>random tokens</td>" not in html and "data: random tokens: 512 tokens" in html
     # self-contained: no URL, no file reference outside the data: images
     assert not re.search(r"https?://", html)
     assert re.findall(r'src="(?!data:image/png;base64,)', html) == []

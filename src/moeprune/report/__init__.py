@@ -1,23 +1,26 @@
-"""The report of one pruning run, or several to compare: ``moeprune report DIR [DIR ...]``.
+"""The report of one pruning run, or several to compare: ``moeprune report DIR [DIR ...] [--stats S]``.
 
 A run is a folder written by ``moeprune prune``: ``moeprune_plan.json`` (required), ``scores.csv``
 and, when ``moeprune eval`` wrote one beside them, ``eval.json``. The report is one self-contained
 HTML file (figures embedded as base64 PNG, no external URLs) plus a markdown summary whose figures
 sit as PNG files in a ``<name>_files/`` folder beside it.
 
-Figures: per-layer score distributions with the pruned experts marked (one per distinct set of
-scores: a criterion at several ratios shares one), a layer x expert map of kept and pruned experts
-(one grid of small maps for more than three runs), and, for runs of the same plan size (experts
-pruned per layer), their agreement: per layer for a few pairs (Jaccard index of the pruned sets,
-Spearman correlation of the scores), or a runs x runs matrix of the means for many; with more than
-three evaluated runs, a dot plot of perplexity ratio, KL and top-1 agreement by criterion and plan
-size. Tables: the runs, their agreement (pairs, or the matrix values), and the evaluation of every
-run (perplexity, KL, top-1 agreement; task scores with recovery).
+It opens with the answer: per plan size, the criterion with the lowest KL and perplexity ratio,
+the margins to the next and to random, how stable that choice is, and what the selection principle
+(arXiv 2606.15716) recommends per goal beside what was measured. Then the selection stability of
+every statistics criterion (with ``--stats``), the evaluation, the agreement between runs, the
+scores per layer, the kept/pruned maps and the table of runs.
 
-``build.py`` reads the runs, computes the agreement and writes the HTML and markdown;
-``plots.py`` draws the figures with matplotlib (the ``[report]`` extra, imported lazily, Agg only).
+Modules, one job each: ``runs`` (reading the runs), ``agreement`` (Jaccard, Spearman, pairs and
+matrices), ``blocks`` (paragraphs, tables, value formatting), ``tables`` (the tables),
+``headline`` (the answer and the recommendation), ``stability`` (the stability section),
+``figures`` (which figures and the blocks around them), ``plots`` and ``plots_compare`` (drawing,
+matplotlib: the ``[report]`` extra, imported lazily, Agg only), ``render`` (HTML and markdown) and
+``build`` (assembling and writing).
 """
 
-from moeprune.report.build import Run, build_report, jaccard, load_run, rankdata, spearman
+from moeprune.report.agreement import jaccard, rankdata, spearman
+from moeprune.report.build import build_report
+from moeprune.report.runs import Run, load_run
 
 __all__ = ["Run", "build_report", "jaccard", "load_run", "rankdata", "spearman"]

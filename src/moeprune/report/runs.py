@@ -1,0 +1,188 @@
+"""Reading the runs a report shows: their plans, scores and evaluations, names, order and plan sizes.
+
+A run folder holds ``moeprune_plan.json`` (required), ``scores.csv`` (layer, expert, score, ...;
+without it the run has no score figure and no Spearman) and optionally ``eval.json`` (any key may be
+missing; a missing value shows as a dash); ``config.json`` beside them gives the family and the
+group-limited routing the selection follows.
+
+Runs are ordered by plan size (experts per layer, then experts pruned per layer), then by criterion
+in the order the criteria first appear, then as given. A folder given twice is shown once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moeprune.arch.spec import Groups
+from moeprune.errors import InputError
+from moeprune.plan import PrunePlan
+
+
+@dataclass
+class Run:
+    """One pruning run: its folder, a unique display name, the plan, scores and evaluation."""
+
+    path: Path
+    name: str
+    plan: PrunePlan
+    scores: dict[int, list[float]] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    """The pruned checkpoint's config.json (empty when the folder has none)."""
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.plan.layers)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The plan size: (experts per layer, experts pruned per layer)."""
+        return self.plan.n_experts, self.plan.n_pruned
+
+    @property
+    def family(self) -> str | None:
+        source = getattr(self.plan, "source", None)
+        family = getattr(source, "family", None) or self.config.get("model_type")
+        return family if isinstance(family, str) else None
+
+    def pruned(self) -> dict[int, set[int]]:
+        return {i: set(lp.pruned) for i, lp in self.plan.layers.items()}
+
+    def groups(self) -> Groups | None:
+        """The group-limited routing of the model (None: none, or no readable config.json)."""
+        from moeprune.arch.families import family_for_config
+        from moeprune.arch.layout import text_config
+        from moeprune.errors import MoePruneError
+
+        try:
+            family = family_for_config(self.config)
+            return family.groups(text_config(self.config, family))
+        except (MoePruneError, KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
+@dataclass
+class Group:
+    """The runs of one plan size and the agreement of every pair of them."""
+
+    size: tuple[int, int]
+    runs: list[Run]
+    pairs: list[Any] = field(default_factory=list)
+    """agreement.Pair of every two runs compared."""
+
+    @property
+    def label(self) -> str:
+        return size_label(self.size)
+
+    @property
+    def slug(self) -> str:
+        return f"{self.size[1]}of{self.size[0]}"
+
+
+def size_label(size: tuple[int, int]) -> str:
+    """``4 of 16 experts pruned per layer`` for the plan size (16, 4)."""
+    n_experts, n_pruned = size
+    return f"{n_pruned} of {n_experts} experts pruned per layer"
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """The run in folder ``path``; one clear :class:`InputError` when it is not a pruning run."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such folder; give folders written by `moeprune prune`")
+    plan_file = path / "moeprune_plan.json"
+    if not plan_file.is_file():
+        raise InputError(f"{path}: no moeprune_plan.json; give folders written by `moeprune prune`")
+    plan = PrunePlan.load(plan_file)
+    if not plan.layers:
+        raise InputError(f"{plan_file}: the plan has no layers")
+    scores = _read_scores(path / "scores.csv", plan) if (path / "scores.csv").is_file() else {}
+    run = Run(path, path.resolve().name or str(path), plan, scores, _read_json(path / "eval.json"))
+    run.config = _read_json(path / "config.json", quiet=True) or {}
+    return run
+
+
+def load_runs(dirs: list[str | os.PathLike[str]], notes: list[str]) -> list[Run]:
+    """The runs of ``dirs`` (each folder once), named apart and sorted."""
+    seen: dict[Path, str] = {}
+    unique = []
+    for d in dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            notes.append(f"{Path(d).name} was given more than once: shown once")
+            continue
+        seen[key] = str(d)
+        unique.append(d)
+    runs = [load_run(d) for d in unique]
+    unique_names(runs)
+    return sort_runs(runs)
+
+
+def _read_scores(path: Path, plan: PrunePlan) -> dict[int, list[float]]:
+    by_layer: dict[int, dict[int, float]] = {}
+    try:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                by_layer.setdefault(int(row["layer"]), {})[int(row["expert"])] = float(row["score"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not a moeprune scores.csv ({e.__class__.__name__}: {e})") from None
+    out: dict[int, list[float]] = {}
+    for layer, experts in sorted(by_layer.items()):
+        if sorted(experts) != list(range(plan.n_experts)):
+            raise InputError(
+                f"{path}: layer {layer} has scores for {len(experts)} expert ids, "
+                f"the plan beside it has {plan.n_experts} experts"
+            )
+        out[layer] = [experts[j] for j in range(plan.n_experts)]
+    return out
+
+
+def _read_json(path: Path, quiet: bool = False) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        if quiet:
+            return None
+        raise InputError(f"{path}: not a JSON file ({e.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        if quiet:
+            return None
+        raise InputError(f"{path}: expected a JSON object of evaluation results")
+    return data
+
+
+def unique_names(runs: list[Run]) -> None:
+    """Shortest trailing path parts that tell the runs apart (``aimer``, or ``a/model``, ``b/model``);
+    never the file-system root."""
+    parts = [r.path.resolve().parts[1:] or (r.path.name,) for r in runs]
+    names = ["/".join(p[-1:]) for p in parts]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            break
+    for run, name in zip(runs, names, strict=True):
+        run.name = name
+
+
+def sort_runs(runs: list[Run]) -> list[Run]:
+    """By plan size, then criterion (in order of first appearance), then as given."""
+    first: dict[str, int] = {}
+    for r in runs:
+        first.setdefault(r.plan.criterion, len(first))
+    order = sorted(range(len(runs)), key=lambda k: (runs[k].size, first[runs[k].plan.criterion], k))
+    return [runs[k] for k in order]
+
+
+def plan_groups(runs: list[Run]) -> list[Group]:
+    """The runs by plan size, smallest first, each group in the order given."""
+    by: dict[tuple[int, int], list[Run]] = {}
+    for r in runs:
+        by.setdefault(r.size, []).append(r)
+    return [Group(size, members) for size, members in sorted(by.items())]
