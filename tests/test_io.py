@@ -535,7 +535,7 @@ def test_score_json_schema_and_prune_from_scores(
     r = cli("score", str(src), "--criterion", "aimer", "-o", str(scores_file))
     assert r.code == 0, r
     data = json.loads(scores_file.read_text())
-    assert set(data) == {"criterion", "direction", "layers"}
+    assert set(data) == {"format", "version", "source", "criterion", "direction", "layers"}
     assert data["criterion"] == "aimer" and data["direction"] == "higher_pruned"
     assert sorted(data["layers"], key=int) == ["0", "1", "2"]
     for s in data["layers"].values():
@@ -562,7 +562,7 @@ def test_score_all_writes_every_weight_criterion(
     r = cli("score", str(tiny("qwen3_moe")), "--criterion", "all", "-o", str(path))
     assert r.code == 0, r
     data = json.loads(path.read_text())
-    assert set(data) == {"criteria"}
+    assert set(data) == {"format", "version", "source", "criteria"}
     assert set(data["criteria"]) == set(WEIGHT_CRITERIA)
     for name, s in data["criteria"].items():
         assert s["criterion"] == name
@@ -572,7 +572,9 @@ def test_score_all_writes_every_weight_criterion(
     # one criterion alone gives the same numbers as in the "all" file
     one = tmp_path / "magnitude.json"
     assert cli("score", str(tiny("qwen3_moe")), "-c", "magnitude", "-o", str(one)).code == 0
-    assert json.loads(one.read_text()) == data["criteria"]["magnitude"]
+    alone = json.loads(one.read_text())
+    assert alone["source"] == data["source"]
+    assert {k: alone[k] for k in ("criterion", "direction", "layers")} == data["criteria"]["magnitude"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.json", "magnitude.json"]
 
 

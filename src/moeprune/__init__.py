@@ -7,8 +7,9 @@ functions that need them.
 
 from typing import Any
 
-from moeprune.api import CRITERIA, Scores, inspect, plan, prune, score
+from moeprune.api import CRITERIA, inspect, plan, prune, score
 from moeprune.errors import MoePruneError
+from moeprune.scores import Scores
 from moeprune.tiny import make_tiny
 from moeprune.verify import verify
 
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     """`calibrate` and `evaluate` load torch and transformers: imported on first use only."""
     if name == "calibrate":
-        from moeprune.calib.engine import calibrate
+        from moeprune.calib.run import calibrate
 
         return calibrate
     if name == "evaluate":

@@ -12,16 +12,18 @@ import math
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moeprune.arch.layout import MoeModel, describe
-from moeprune.errors import InputError, OutputError
+from moeprune.errors import InputError
 from moeprune.io import surgery
+from moeprune.io.paths import check_new, check_output
 from moeprune.io.reader import Checkpoint
 from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, check_feasible, make_plan, n_to_prune
+from moeprune.provenance import check_source, source_of
+from moeprune.scores import Scores, ScoresFile, load_scores, save_scores
 from moeprune.scoring.background import ScoringPass
 from moeprune.scoring.unified import NAMED, stats_criterion
 from moeprune.scoring.weights import WEIGHT_CRITERIA, layer_bytes, score_layers, weight_moments
@@ -37,26 +39,6 @@ CRITERIA: dict[str, str] = {
     **{name: f"{c.doc}; S({c.b},{c.alpha},{c.beta}); needs --stats" for name, c in NAMED.items()},
 }
 """Every named criterion and what it computes; ``unified:b,α,β`` names any other S(b, α, β)."""
-
-
-@dataclass
-class Scores:
-    """One criterion's scores: ``layers[layer index][original expert id]``."""
-
-    criterion: str
-    direction: str
-    layers: dict[int, list[float]]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "criterion": self.criterion,
-            "direction": self.direction,
-            "layers": {str(i): s for i, s in self.layers.items()},
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Scores:
-        return cls(d["criterion"], d["direction"], {int(i): [float(v) for v in s] for i, s in d["layers"].items()})
 
 
 def open_model(model: str | os.PathLike[str], *, weights: bool = True) -> tuple[Checkpoint, MoeModel]:
@@ -125,14 +107,24 @@ def score(
     *,
     seed: int = 0,
     stats: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Scores]:
     """Scores of every routed expert with one criterion, or all of them (``"all"``): weight
-    criteria in one pass over the weights, statistics criteria from a STATS folder."""
+    criteria in one pass over the weights, statistics criteria from a STATS folder. With
+    ``output``, also written there as scores.json (atomically; an existing file only with
+    ``overwrite``), with the model they came from."""
     ckpt, moe = open_model(model)
     with ckpt:
+        if output is not None:
+            inputs = [ckpt.path] + ([Path(stats)] if stats is not None else [])
+            check_new(check_output(output, inputs), overwrite, "file")
         routing = None if stats is None else load_stats(stats, ckpt, moe)
-        return _score(ckpt, moe, _criteria(criterion, routing), seed, progress, routing)
+        result = _score(ckpt, moe, _criteria(criterion, routing), seed, progress, routing)
+        if output is not None:
+            save_scores(Path(output), result, source_of(str(model), ckpt, moe), overwrite=overwrite)
+        return result
 
 
 def _score(
@@ -191,19 +183,44 @@ def pruned_overlap(
 
 def plan(
     model: str | os.PathLike[str],
-    criterion: str = "aimer",
+    criterion: str | None = None,
     *,
     ratio: float | None = None,
     n_prune: int | None = None,
     seed: int = 0,
-    scores: Scores | None = None,
+    scores: GivenScores = None,
     stats: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> PrunePlan:
     """The pruning plan (validated) without writing anything."""
     ckpt, moe = open_model(model)
     with ckpt:
-        return _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
+        given = _given_scores(scores, criterion, ckpt, moe)
+        criterion = given.criterion if given is not None else (criterion or "aimer")
+        made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, given, stats, progress)
+        made.source = source_of(str(model), ckpt, moe)
+        return made
+
+
+GivenScores = Scores | ScoresFile | str | os.PathLike[str] | None
+"""Scores chosen elsewhere: a `Scores`, a loaded scores.json, or the path of one."""
+
+
+def _given_scores(given: GivenScores, criterion: str | None, ckpt: Checkpoint, moe: MoeModel) -> Scores | None:
+    """The one `Scores` to prune with from ``given`` (a file's source checked against the model):
+    ``criterion`` picks one of several, and must name the one a single-criterion file holds."""
+    if given is None or isinstance(given, Scores):
+        return given
+    found = given if isinstance(given, ScoresFile) else load_scores(Path(given))
+    check_source(found.source, ckpt, moe, "these scores")
+    if criterion is None and len(found.scores) > 1:
+        raise InputError(f"the scores hold several criteria ({', '.join(found.scores)}); choose one with --criterion")
+    if criterion is not None and criterion not in found.scores:
+        raise InputError(
+            f"--criterion {criterion} disagrees with the scores given, which are {', '.join(found.scores)}; "
+            "drop --criterion or score with it first"
+        )
+    return found.scores[criterion] if criterion is not None else next(iter(found.scores.values()))
 
 
 def _removed_per_layer(moe: MoeModel, ratio: float | None, n_prune: int | None) -> int:
@@ -247,12 +264,12 @@ def _plan(
 def prune(
     model: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    criterion: str = "aimer",
+    criterion: str | None = None,
     *,
     ratio: float | None = None,
     n_prune: int | None = None,
     seed: int = 0,
-    scores: Scores | None = None,
+    scores: GivenScores = None,
     stats: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     max_shard_size: str | int = "5GB",
@@ -268,25 +285,26 @@ def prune(
     max_bytes = parse_size(max_shard_size)
     ckpt, moe = open_model(model)
     with ckpt:
-        target = out.resolve()
-        src = ckpt.path.resolve()
-        if target == src or src in target.parents:
-            raise OutputError(f"{out} is inside the input checkpoint {ckpt.path}; choose another output folder")
-        if target in src.parents:  # replacing it (--overwrite) would delete the input
-            raise OutputError(f"{out} contains the input checkpoint {ckpt.path}; choose another output folder")
-        if target.exists() and not overwrite and not dry_run:
-            raise OutputError(f"{out} already exists; pass --overwrite to replace it")
+        inputs = [ckpt.path] + [Path(p) for p in (stats, scores) if isinstance(p, (str, os.PathLike))]
+        check_output(out, inputs)
+        if not dry_run:
+            check_new(out, overwrite, "folder")
+        chosen = _given_scores(scores, criterion, ckpt, moe)
+        criterion = chosen.criterion if chosen is not None else (criterion or "aimer")
+        source = source_of(str(model), ckpt, moe)
         if dry_run:
-            return _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
+            made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, chosen, stats, progress)
+            made.source = source
+            return made
         scoring: ScoringPass | None = None
         kept: Callable[[int], list[int]]  # layer index -> its kept original ids
-        if _scores_while_writing(ckpt, moe, criterion, scores, stats):
+        if _scores_while_writing(ckpt, moe, criterion, chosen, stats):
             p = _removed_per_layer(moe, ratio, n_prune)
             scored = None if progress is None else lambda b, total: progress("score", b, total)
             scoring = ScoringPass(ckpt, moe, criterion, p, seed, scored)
             n_kept, kept = moe.n_experts - p, scoring.kept
         else:
-            made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, scores, stats, progress)
+            made = _plan(ckpt, moe, criterion, ratio, n_prune, seed, chosen, stats, progress)
             n_kept, kept = made.n_kept, lambda i: made.layers[i].kept
         tensors = surgery.output_tensors(ckpt, moe, n_kept, kept)
         total = sum(t.nbytes for t in tensors)
@@ -304,6 +322,7 @@ def prune(
             if scoring is not None:
                 made = scoring.plan()
                 made.ratio = ratio if ratio is not None else made.ratio
+            made.source = source
             (tmp / "config.json").write_text(json.dumps(surgery.pruned_config(moe, made), indent=2) + "\n")
             surgery.copy_side_files(ckpt.path, tmp)
             readme = ckpt.path / "README.md"

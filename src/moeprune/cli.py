@@ -9,6 +9,7 @@ fails, 130 when interrupted) instead of a traceback.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -101,8 +102,10 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 def inspect(model: str, as_json: bool) -> None:
     """Family, MoE layers, experts, top-k, layout and sizes (reads no weights)."""
     from moeprune.api import inspect as run
+    from moeprune.gguf import inspect as run_gguf
+    from moeprune.gguf import is_gguf
 
-    info = run(model)
+    info = run_gguf(model) if is_gguf(model) else run(model)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -119,7 +122,7 @@ def inspect(model: str, as_json: bool) -> None:
             f"{_human(info['total_bytes'])}, routed experts {_human(info['routed_expert_bytes'])} "
             f"({_human(info['bytes_per_expert'])} each)",
         ),
-        ("files", f"{len(info['files'])} safetensors file(s)"),
+        ("files", f"{len(info['files'])} {info.get('format', 'safetensors')} file(s)"),
     ]
     for k, v in rows:
         click.echo(f"{k:>15}: {v}")
@@ -158,6 +161,7 @@ def _ranges(ids: list[int]) -> str:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="scores.json to write."
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--goal", type=click.Choice(GOALS), help=GOAL_HELP)
 @click.option(
     "--stability",
@@ -175,11 +179,16 @@ def score(
     output: Path,
     goal: str | None,
     stability: bool,
+    overwrite: bool,
 ) -> None:
     """Score every routed expert (writes scores.json)."""
     from moeprune.api import pruned_overlap
     from moeprune.api import score as run
     from moeprune.errors import InputError
+    from moeprune.gguf import is_gguf
+
+    if is_gguf(model):  # GGUF files: moeprune.gguf, same signatures
+        from moeprune.gguf import pruned_overlap, score as run  # type: ignore[assignment]  # noqa: I001
     from moeprune.scoring.recommend import choose
 
     if stability and stats is None:
@@ -189,14 +198,9 @@ def score(
         _note(ctx, advice)
     bars = _Progress(ctx.obj["quiet"])
     try:
-        result = run(model, criterion, seed=seed, stats=stats, progress=bars)
+        result = run(model, criterion, seed=seed, stats=stats, output=output, overwrite=overwrite, progress=bars)
     finally:
         bars.close()
-    if criterion == "all":
-        data: dict[str, Any] = {"criteria": {name: s.to_json() for name, s in result.items()}}
-    else:
-        data = next(iter(result.values())).to_json()
-    _write_json(output, data)
     _note(ctx, f"wrote {output} ({', '.join(result)}; {len(next(iter(result.values())).layers)} MoE layers)")
     if criterion == "all":
         for ratio in (0.25, 0.5):
@@ -214,12 +218,6 @@ def score(
         from moeprune.scoring.stability import model_stability
 
         click.echo("\n" + model_stability(model, stats, criterion))
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 @cli.command()
@@ -244,9 +242,15 @@ def _write_json(path: Path, data: Any) -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     required=True,
-    help="Folder for the pruned checkpoint (must not exist unless --overwrite).",
+    help="Folder for the pruned checkpoint (must not exist unless --overwrite); for a GGUF model, the .gguf file.",
+)
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="GGUF models: apply this moeprune_plan.json (e.g. chosen on the Hugging Face checkpoint).",
 )
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard (5GB, 500MB, 2GiB).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
@@ -267,6 +271,7 @@ def prune(
     ratio: float | None,
     n_prune: int | None,
     scores_file: Path | None,
+    plan_file: Path | None,
     seed: int,
     output: Path,
     max_shard_size: str,
@@ -276,10 +281,21 @@ def prune(
 ) -> None:
     """Remove the lowest-value routed experts from every MoE layer and write the checkpoint."""
     from moeprune.api import prune as run
+    from moeprune.gguf import is_gguf
     from moeprune.scoring.recommend import choose
 
-    scores = _load_scores(scores_file) if scores_file else None
-    if scores is None:
+    if is_gguf(model):  # GGUF files: moeprune.gguf's prune, which also takes a plan
+        from functools import partial
+
+        from moeprune.gguf import prune as prune_gguf
+
+        run = partial(prune_gguf, plan=plan_file)  # type: ignore[assignment]
+    elif plan_file is not None:
+        from moeprune.errors import InputError
+
+        raise InputError("--plan applies a plan to a GGUF model; for a checkpoint folder use --scores")
+
+    if scores_file is None:
         criterion, advice = choose(criterion, goal, stats is not None)
         if advice:
             _note(ctx, advice)
@@ -288,11 +304,11 @@ def prune(
         made = run(
             model,
             output,
-            criterion if scores is None else scores.criterion,
+            criterion,
             ratio=ratio,
             n_prune=n_prune,
             seed=seed,
-            scores=scores,
+            scores=scores_file,
             stats=stats,
             overwrite=overwrite,
             max_shard_size=max_shard_size,
@@ -314,19 +330,6 @@ def prune(
         _note(ctx, f"{head}\nwrote {output}")
 
 
-def _load_scores(path: Path) -> Any:
-    from moeprune.api import Scores
-    from moeprune.errors import InputError
-
-    try:
-        data = json.loads(path.read_text())
-        if "criteria" in data:
-            raise InputError(f"{path} holds several criteria; write one with `moeprune score --criterion NAME`")
-        return Scores.from_json(data)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise InputError(f"{path}: not a moeprune scores.json ({e.__class__.__name__})") from None
-
-
 @cli.command()
 @click.argument("model")
 @click.option(
@@ -336,8 +339,10 @@ def _load_scores(path: Path) -> Any:
     help="Text file or folder, .jsonl/.json/.parquet, a Hugging Face dataset id, or token ids (.npy, "
     ".safetensors with input_ids [N, L]) used exactly as given.",
 )
-@click.option("--samples", default=1024, show_default=True, help="Sequences to pack.")
-@click.option("--seq-len", default=2048, show_default=True, help="Tokens per packed sequence.")
+@click.option("--samples", default=1024, show_default=True, type=click.IntRange(min=1), help="Sequences to pack.")
+@click.option(
+    "--seq-len", default=2048, show_default=True, type=click.IntRange(min=1), help="Tokens per packed sequence."
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the document shuffle.")
 @click.option("--text-field", default="text", show_default=True, help="Field holding the text in records.")
 @click.option("--data-config", default=None, help="Hugging Face dataset configuration (e.g. en for allenai/c4).")
@@ -350,7 +355,9 @@ def _load_scores(path: Path) -> Any:
     show_default=True,
     help="Compute dtype; auto = float32 on CPU (bf16 matmuls are slow without CPU support), bfloat16 on CUDA.",
 )
-@click.option("--batch-size", default=4, show_default=True, help="Sequences per forward call.")
+@click.option(
+    "--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Sequences per forward call."
+)
 @click.option(
     "--offload-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -381,92 +388,80 @@ def calibrate(
     output: Path,
 ) -> None:
     """Collect routing statistics layer by layer (one pass serves every statistics criterion)."""
-    import shutil
-
-    from moeprune.calib.data import load_tokens
-    from moeprune.calib.engine import calibrate as run
+    from moeprune.calib.data import TokenBatch
     from moeprune.calib.engine import distributed_rank
-    from moeprune.errors import OutputError
-    from moeprune.io.reader import resolve
+    from moeprune.calib.run import calibrate as run
+    from moeprune.errors import Interrupted
 
     rank = distributed_rank()
-    if output.exists() and not resume and not overwrite:
-        raise OutputError(f"{output} already exists; pass --resume to continue it or --overwrite to replace it")
-    path = resolve(model)
-    vocab = _vocab(path)
-    tokenizer = None
-    if not source.endswith((".npy", ".safetensors")):
-        tokenizer = _tokenizer(path)
-    tokens = load_tokens(
-        source,
-        tokenizer,
-        samples=samples,
-        seq_len=seq_len,
-        seed=seed,
-        text_field=text_field,
-        dataset_config=data_config,
-        split=split,
-        vocab_size=vocab,
-    )
-    if output.exists() and not resume and rank == 0:  # --overwrite: only once the data is known to be good
-        shutil.rmtree(output)
-    if rank == 0:
-        _note(
-            ctx,
-            f"{tokens.n_samples} sequences x {tokens.seq_len} tokens ({tokens.n_tokens} counted) "
-            f"from {tokens.source}; sha256 {tokens.sha256()[:12]}",
-        )
+
+    def told(tokens: TokenBatch) -> None:
+        if rank == 0:
+            _note(
+                ctx,
+                f"{tokens.n_samples} sequences x {tokens.seq_len} tokens ({tokens.n_tokens} counted) "
+                f"from {tokens.source}; sha256 {tokens.sha256()[:12]}",
+            )
+
     bars = _Progress(ctx.obj["quiet"] or rank != 0)
     try:
         stats = run(
-            path,
-            tokens,
-            out=output,
+            model,
+            source,
+            output=output,
+            samples=samples,
+            seq_len=seq_len,
+            seed=seed,
+            text_field=text_field,
+            data_config=data_config,
+            split=split,
             device=device,
             dtype=dtype,
             batch_size=batch_size,
-            resume=resume,
             offload_dir=offload_dir,
+            resume=resume,
+            overwrite=overwrite,
             progress=bars,
+            on_tokens=told,
         )
+    except Interrupted as e:
+        if "--resume" in str(e):  # say the exact command
+            argv = [a for a in sys.argv[1:] if a != "--overwrite"]
+            again = shlex.join(argv + ([] if "--resume" in argv else ["--resume"]))
+            raise Interrupted(f"{e}: moeprune {again}") from None
+        raise
     finally:
         bars.close()
     if rank == 0:
         _note(ctx, f"wrote {output} ({len(stats.layers)} MoE layers, {stats.n_experts} experts each)")
 
 
-def _tokenizer(path: Path) -> Any:
-    from moeprune.errors import InputError
-
-    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-    if not any((path / n).is_file() for n in names):
-        raise InputError(f"{path}: has no tokenizer files; pass token ids instead (.npy/.safetensors)")
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # many failure types; one meaning
-        raise InputError(
-            f"{path}: cannot load its tokenizer ({e.__class__.__name__}); pass token ids instead (.npy/.safetensors)"
-        ) from None
-
-
-def _vocab(path: Path) -> int | None:
-    from moeprune.arch import family_for_config
-    from moeprune.arch.layout import text_config
-    from moeprune.io.reader import load_config
-
-    config = load_config(path)
-    vocab = text_config(config, family_for_config(config)).get("vocab_size")
-    return int(vocab) if vocab else None
-
-
 @cli.command()
 @click.argument("model")
 @click.argument("pruned")
-@click.option("--seq-len", default=32, show_default=True, help="Tokens per sequence of the test batch.")
-@click.option("--batch", default=2, show_default=True, help="Sequences in the test batch.")
-@click.option("--tolerance", default=1e-4, show_default=True, help="Largest |logit difference| accepted.")
+@click.option(
+    "--seq-len",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Tokens per sequence of the test batch.",
+)
+@click.option(
+    "--batch-size",
+    "--batch",
+    "batch",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sequences in the test batch.",
+)
+@click.option(
+    "--tolerance",
+    default=1e-4,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Largest |logit difference| accepted.",
+)
 @click.pass_context
 def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int, tolerance: float) -> None:
     """Check PRUNED equals MODEL with the removed experts masked (float32, CPU)."""
@@ -497,9 +492,21 @@ def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int
     help="Perplexity data: any --data that calibrate accepts (text, .jsonl/.json/.parquet, a Hugging Face "
     "dataset id, token ids .npy/.safetensors used exactly as given). Text is packed in source order.",
 )
-@click.option("--tokens", default=100_000, show_default=True, help="Tokens to evaluate (text sources).")
-@click.option("--seq-len", type=int, help="Tokens per window [default: 2048, or max_position_embeddings if smaller].")
-@click.option("--batch-size", default=4, show_default=True, help="Windows per forward call.")
+@click.option(
+    "--tokens",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Tokens to evaluate (text sources).",
+)
+@click.option(
+    "--seq-len",
+    type=click.IntRange(min=2),
+    help="Tokens per window [default: 2048, or max_position_embeddings if smaller].",
+)
+@click.option(
+    "--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Windows per forward call."
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (both models are loaded on it).")
 @click.option(
     "--dtype",
@@ -514,13 +521,16 @@ def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int
 @click.option("--shuffle", is_flag=True, help="Take documents in seeded random order instead of source order.")
 @click.option("--seed", default=0, show_default=True, help="Seed of --shuffle.")
 @click.option("--tasks", help="Comma-separated lm-evaluation-harness tasks (needs moeprune[eval]).")
-@click.option("--limit", type=float, help="lm-eval: examples per task (a fraction if < 1).")
+@click.option(
+    "--limit", type=click.FloatRange(min=0, min_open=True), help="lm-eval: examples per task (a fraction if < 1)."
+)
 @click.option(
     "--include-path", type=click.Path(exists=True, file_okay=False, path_type=Path), help="lm-eval: extra task folder."
 )
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="eval.json to write."
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 @click.pass_context
 def eval_(
     ctx: click.Context,
@@ -541,16 +551,18 @@ def eval_(
     limit: float | None,
     include_path: Path | None,
     output: Path,
+    overwrite: bool,
 ) -> None:
     """Perplexity of MODEL (and --base), KL(base ‖ MODEL), top-1 agreement, lm-eval tasks -> eval.json."""
-    from moeprune.errors import InputError, OutputError
+    from moeprune.errors import InputError
     from moeprune.eval.perplexity import evaluate_lm
+    from moeprune.io.paths import check_new, check_output, write_file
 
     task_list = [t.strip() for t in (tasks or "").split(",") if t.strip()]
     if source is None and not task_list:
         raise InputError("nothing to evaluate: give --ppl SOURCE and/or --tasks a,b")
-    if not output.parent.is_dir():
-        raise OutputError(f"{output}: folder {output.parent} does not exist")
+    inputs = [p for p in (model, base, source, include_path) if p is not None and Path(p).exists()]
+    check_new(check_output(output, inputs), overwrite, "file")
     if ctx.obj["quiet"]:
         from transformers.utils import logging as hf_logging
 
@@ -578,7 +590,7 @@ def eval_(
         )
     finally:
         bars.close()
-    _write_json(output, result)
+    write_file(output, json.dumps(result, indent=1) + "\n", overwrite)
     data = result["data"]
     if data is not None:
         _note(
@@ -616,16 +628,30 @@ def eval_(
     show_default=True,
     help="HTML file to write; the markdown summary (.md) and its PNG figures (<name>_files/) go beside it.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing report (HTML, .md and figures).")
+@click.option(
+    "--stats",
+    type=click.Path(path_type=Path),
+    help="STATS folder the runs were scored from: adds the selection stability of their statistics criteria.",
+)
 @click.pass_context
-def report(ctx: click.Context, dirs: tuple[Path, ...], output: Path) -> None:
+def report(ctx: click.Context, dirs: tuple[Path, ...], output: Path, overwrite: bool, stats: Path | None) -> None:
     """Draw a report of one pruning run, or several to compare.
 
     Each DIR is a folder written by `moeprune prune` (moeprune_plan.json, scores.csv, and eval.json
     when evaluated). Needs matplotlib: pip install 'moeprune[report]'.
     """
+    from moeprune.io.paths import check_new, check_output
     from moeprune.report import build_report
 
-    made = build_report(list(dirs), output)
+    for path, kind in (
+        (output, "file"),
+        (output.with_suffix(".md"), "file"),
+        (output.parent / f"{output.stem}_files", "folder"),
+    ):
+        if check_output(path, dirs).exists() or path.is_symlink():  # a missing folder is created
+            check_new(path, overwrite, kind)
+    made = build_report(list(dirs), output, stats=stats)
     _note(ctx, f"wrote {made}, {made.with_suffix('.md')} and {made.parent / (made.stem + '_files')}/")
 
 
@@ -722,9 +748,17 @@ def _interrupt(signum: int, frame: object) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
+    from moeprune.errors import Interrupted
+    from moeprune.io.paths import STOP_SIGNALS
+
+    for s in STOP_SIGNALS:
+        if s != signal.SIGINT:
+            signal.signal(s, _interrupt)
     try:
         cli.main(args=argv, prog_name="moeprune", standalone_mode=False)
+    except Interrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     except MoePruneError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

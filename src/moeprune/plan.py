@@ -9,15 +9,20 @@ are ranked by score in the criterion's direction; ties go to the lower expert id
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from moeprune.arch.spec import Groups
 from moeprune.errors import InputError, PlanError
+from moeprune.io.jsonfile import read_json, regular_file, validate
+from moeprune.provenance import Source
 
 HIGHER_PRUNED = "higher_pruned"
 LOWER_PRUNED = "lower_pruned"
@@ -29,9 +34,17 @@ class LayerPlan:
     pruned: list[int]
 
 
+PLAN = "moeprune_plan.json"
+SCORES_CSV = "scores.csv"
+FORMAT = "moeprune.plan"
+VERSION = 1
+
+
 @dataclass
 class PrunePlan:
-    """Per MoE layer: the original ids kept and pruned, with the scores that chose them."""
+    """Per MoE layer: the original ids kept and pruned, with the scores that chose them, and the
+    model they were chosen on. Saved as ``moeprune_plan.json`` + ``scores.csv`` (this module is
+    their one reader and writer)."""
 
     criterion: str
     direction: str
@@ -39,6 +52,7 @@ class PrunePlan:
     n_experts: int
     layers: dict[int, LayerPlan]
     scores: dict[int, list[float]]
+    source: Source | None = None
 
     @property
     def n_pruned(self) -> int:
@@ -50,33 +64,90 @@ class PrunePlan:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format": FORMAT,
+            "version": VERSION,
             "criterion": self.criterion,
             "direction": self.direction,
             "ratio": self.ratio,
             "n_experts": self.n_experts,
             "n_pruned_per_layer": self.n_pruned,
+            **({"source": self.source.model_dump()} if self.source is not None else {}),
             "layers": {str(i): {"kept": lp.kept, "pruned": lp.pruned} for i, lp in self.layers.items()},
         }
 
     def save(self, folder: Path) -> None:
         """``moeprune_plan.json`` and ``scores.csv`` (layer, expert, score, rank, pruned)."""
-        (folder / "moeprune_plan.json").write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        (folder / PLAN).write_text(json.dumps(self.to_json(), indent=1) + "\n")
         lines = ["layer,expert,score,rank,pruned"]
         for i, scores in self.scores.items():
             ranks = rank_for_pruning(scores, self.direction)
             pruned = set(self.layers[i].pruned)
             for j, s in enumerate(scores):
                 lines.append(f"{i},{j},{s!r},{ranks[j]},{int(j in pruned)}")
-        (folder / "scores.csv").write_text("\n".join(lines) + "\n")
+        (folder / SCORES_CSV).write_text("\n".join(lines) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> PrunePlan:
-        try:
-            d = json.loads(Path(path).read_text())
-            layers = {int(i): LayerPlan(list(v["kept"]), list(v["pruned"])) for i, v in d["layers"].items()}
-            return cls(d["criterion"], d["direction"], d["ratio"], d["n_experts"], layers, {})
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise InputError(f"{path}: not a moeprune plan ({e.__class__.__name__})") from None
+        """A ``moeprune_plan.json`` (checked: every layer splits 0..E-1 into kept and pruned, the
+        same number pruned everywhere), with the scores of the ``scores.csv`` beside it, if any."""
+        path = Path(path)
+        d = validate(_PlanFile, read_json(path, "plan"), str(path))
+        layers = {}
+        for key, lp in d.layers.items():
+            if sorted(lp.kept + lp.pruned) != list(range(d.n_experts)) or lp.kept != sorted(lp.kept):
+                raise InputError(f"{path}: layer {key}: kept and pruned ids must split 0..{d.n_experts - 1}, in order")
+            if lp.pruned != sorted(lp.pruned) or len(lp.pruned) != len(next(iter(d.layers.values())).pruned):
+                raise InputError(f"{path}: layer {key}: pruned ids out of order, or not as many as in other layers")
+            layers[int(key)] = LayerPlan(list(lp.kept), list(lp.pruned))
+        if not any(lp.pruned for lp in layers.values()):
+            raise InputError(f"{path}: the plan prunes nothing")
+        csv_file = path.parent / SCORES_CSV
+        scores = _read_scores_csv(csv_file, d.n_experts) if csv_file.exists() else {}
+        return cls(d.criterion, d.direction, d.ratio, d.n_experts, layers, scores, d.source)
+
+
+class _LayerFile(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    kept: list[Annotated[StrictInt, Field(ge=0)]]
+    pruned: list[Annotated[StrictInt, Field(ge=0)]]
+
+
+class _PlanFile(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: Literal["moeprune.plan"] | None = None
+    version: Literal[1] | None = None
+    criterion: StrictStr
+    direction: Literal["higher_pruned", "lower_pruned"]
+    ratio: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    n_experts: Annotated[StrictInt, Field(ge=2, le=1 << 24)]
+    source: Source | None = None
+    layers: dict[Annotated[StrictStr, Field(pattern=r"^[0-9]{1,7}$")], _LayerFile] = Field(min_length=1)
+
+
+def _read_scores_csv(path: Path, n_experts: int) -> dict[int, list[float]]:
+    """``scores.csv``: layer -> scores of expert 0..E-1 (every id once, finite)."""
+    by_layer: dict[int, dict[int, float]] = {}
+    regular_file(path, SCORES_CSV)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                value = float(row["score"])
+                if not math.isfinite(value):
+                    raise ValueError(f"score {row['score']} is not finite")
+                by_layer.setdefault(int(row["layer"]), {})[int(row["expert"])] = value
+    except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:
+        raise InputError(f"{path}: not a moeprune scores.csv ({e.__class__.__name__}: {e})") from None
+    out: dict[int, list[float]] = {}
+    for layer, experts in sorted(by_layer.items()):
+        if sorted(experts) != list(range(n_experts)):
+            raise InputError(
+                f"{path}: layer {layer} has scores for {len(experts)} expert ids, "
+                f"the plan beside it has {n_experts} experts"
+            )
+        out[layer] = [experts[j] for j in range(n_experts)]
+    return out
 
 
 def n_to_prune(n_experts: int, ratio: float | None = None, prune: int | None = None) -> int:

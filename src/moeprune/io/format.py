@@ -93,18 +93,19 @@ def _entry(path: Path, name: str, entry: Any, base: int, size: int) -> TensorInf
         raise InputError(f"{where} (dtype {dtype!r} is not a name)")
     if dtype not in ITEMSIZE:
         raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-    dims = [_int(d) for d in shape] if isinstance(shape, list) else None
-    if dims is None or any(d is None or not 0 <= d <= MAX_DIM for d in dims):
+    dims = [_int(d) for d in shape] if isinstance(shape, list) else [None]
+    if not all(d is not None and 0 <= d <= MAX_DIM for d in dims):
         raise InputError(f"{where} (shape {shape!r} is not a list of sizes)")
-    span = [_int(o) for o in offsets] if isinstance(offsets, list) else None
-    if span is None or len(span) != 2 or span[0] is None or span[1] is None:
+    span = [_int(o) for o in offsets] if isinstance(offsets, list) else []
+    if len(span) != 2 or span[0] is None or span[1] is None:
         raise InputError(f"{where} (data_offsets {offsets!r} is not two integers)")
-    lo, hi = span
-    if lo < 0 or hi - lo != math.prod(dims) * ITEMSIZE[dtype]:  # type: ignore[arg-type]
+    sizes = tuple(d for d in dims if d is not None)
+    lo, hi = span[0], span[1]
+    if lo < 0 or hi - lo != math.prod(sizes) * ITEMSIZE[dtype]:
         raise InputError(f"{path}: corrupt safetensors header: {name!r} byte range does not match its shape")
     if base + hi > size:
         raise InputError(f"{path}: file is truncated ({size} bytes, tensor {name!r} needs {base + hi}); re-download it")
-    return TensorInfo(path, dtype, tuple(dims), base + lo, base + hi)  # type: ignore[arg-type]
+    return TensorInfo(path, dtype, sizes, base + lo, base + hi)
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:

@@ -42,10 +42,11 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def loads(text: str | bytes, where: str) -> Any:
-    """Parse JSON text; every failure is one InputError line naming ``where``."""
+def loads(text: str | bytes, where: str, *, constants: bool = False) -> Any:
+    """Parse JSON text; every failure is one InputError line naming ``where``. NaN and Infinity
+    are refused unless ``constants`` (then the schema refuses them, naming the field)."""
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=None if constants else _no_constant)
     except RecursionError:
         raise InputError(f"{where}: not valid JSON (nested too deeply)") from None
     except UnicodeDecodeError:
@@ -54,8 +55,9 @@ def loads(text: str | bytes, where: str) -> Any:
         raise InputError(f"{where}: not valid JSON ({e})") from None
 
 
-def read_json(path: Path, what: str = "file") -> Any:
-    """The parsed content of the JSON file ``path`` (see the module docstring for what is refused)."""
+def read_json(path: Path, what: str = "file", *, constants: bool = False) -> Any:
+    """The parsed content of the JSON file ``path`` (see the module docstring for what is refused;
+    ``constants``: see `loads`)."""
     st = regular_file(path, what)
     if st.st_size > MAX_JSON_BYTES:
         raise InputError(f"{path}: {what} is {st.st_size} bytes, larger than any moeprune reads")
@@ -63,7 +65,7 @@ def read_json(path: Path, what: str = "file") -> Any:
         data = path.read_bytes()
     except OSError as e:
         raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
-    return loads(data, str(path))
+    return loads(data, str(path), constants=constants)
 
 
 def field_error(where: str, e: ValidationError) -> InputError:
