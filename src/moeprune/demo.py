@@ -18,7 +18,9 @@ byte-level BPE tokenizer, and two text files beside it that training never saw: 
 5. evaluate the original and every pruned model on ``eval_tokens`` held-out tokens, in file order:
    perplexity, KL(original ‖ pruned) and top-1 agreement (``eval.json`` in each pruned folder);
 6. write ``results.json``, ``results.md`` (the criterion x ratio table) and the report
-   (``report.html``, ``report.md``, ``report_files/``).
+   (``report.html``, ``report.md``, ``report_files/``): it opens with the criterion that lost least
+   per ratio and contains the selection stability of every statistics criterion, measured on
+   resamples of the calibration shards in the STATS folder.
 
 Output folder layout: ``stats/``, ``scores.json``, ``runs/<criterion>-<percent>/`` (checkpoint,
 plan, scores.csv, eval.json), ``results.json``, ``results.md``, ``report.*``. The folder is built
@@ -188,7 +190,7 @@ def _report(tmp: Path, result: dict[str, Any], say: Say) -> None:
     from moeprune.report import build_report
 
     try:
-        build_report([tmp / r["folder"] for r in result["runs"]], tmp / "report.html")
+        build_report([tmp / r["folder"] for r in result["runs"]], tmp / "report.html", stats=tmp / "stats")
     except InputError as e:  # matplotlib missing: the table is the result, the report a bonus
         say(f"no report: {e}")
 
