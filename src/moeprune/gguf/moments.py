@@ -1,0 +1,113 @@
+"""Pooled weight moments (n, sum |w|, sum w^2) of every routed expert of a GGUF model, streamed
+one expert slice at a time, for the weight criteria of `moeprune.scoring.weights`.
+
+An expert's slice of ``blk.N.ffn_*_exps.weight`` is contiguous (the expert is the outer axis) and
+made of whole rows, hence whole quantization blocks. F32/F16/BF16 slices go to the same kernel as
+safetensors weights (the native one, reading the file by offset, or numpy's `accumulate`);
+quantized slices (Q8_0, K-quants, IQ*, MXFP4, ...) are dequantized by gguf-py
+(``gguf.quants.dequantize``), at most ROWS_BYTES of them at a time, and the float32 values summed
+by `accumulate` in float64. The biases are not pooled, as for safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from moeprune.errors import InputError
+from moeprune.gguf.model import GgufModel, GgufTensor
+from moeprune.scoring import weights
+from moeprune.scoring.weights import Moments, accumulate
+
+ROWS_BYTES = 8 << 20
+"""Quantized bytes dequantized at once (the float32 copy is ~4-8x larger)."""
+PLAIN = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
+
+Work = tuple[int, int, GgufTensor]
+"""(layer, expert, tensor)."""
+
+
+def expert_bytes(model: GgufModel) -> int:
+    return sum(model.tensors[n].nbytes for layer in model.layers for n in layer.pooled)
+
+
+def _slice(model: GgufModel, t: GgufTensor, j: int) -> Any:
+    """Expert ``j``'s bytes of tensor ``t`` as a uint8 memmap view ``(rows, row bytes)``."""
+    per = t.nbytes // model.n_experts
+    rows = t.shape[1] if len(t.shape) == 3 else 1
+    data = model.readers[t.shard].data  # the whole file, mapped
+    return data[t.offset + j * per : t.offset + (j + 1) * per].reshape(rows, per // rows)
+
+
+def slice_moments(model: GgufModel, t: GgufTensor, j: int, fds: dict[int, int]) -> tuple[int, float, float]:
+    """(values, sum |w|, sum w^2) of expert ``j`` in weight tensor ``t``."""
+    import numpy as np
+    from gguf.quants import dequantize
+
+    n = 1
+    for d in t.shape[1:]:
+        n *= d
+    kind = PLAIN.get(t.qtype.name)
+    if kind is not None and weights._NATIVE is not None:
+        per = t.nbytes // model.n_experts
+        r = weights._NATIVE.moments(fds[t.shard], t.offset + j * per, per, kind)
+        return int(r[0]), float(r[1]), float(r[2])
+    raw = _slice(model, t, j)
+    if kind == "F32":
+        return (n, *accumulate(raw.view(np.float32)))
+    if kind == "F16":
+        return (n, *accumulate(raw.view(np.float16)))
+    if kind == "BF16":  # widened exactly: a bf16 is the top half of a float32
+        return (n, *accumulate((raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)))
+    sa = sq = 0.0
+    step = max(1, ROWS_BYTES // max(1, raw.shape[1]))
+    try:
+        for lo in range(0, raw.shape[0], step):
+            x = dequantize(raw[lo : lo + step], t.qtype)  # (rows, ne0) float32
+            a, b = accumulate(x)
+            sa += a
+            sq += b
+    except NotImplementedError:
+        raise InputError(
+            f"tensor {t.name!r}: gguf-py cannot dequantize {t.qtype.name}, so it cannot be scored"
+        ) from None
+    return n, sa, sq
+
+
+def gguf_moments(model: GgufModel, progress: Callable[[int], None] | None = None) -> dict[int, Moments]:
+    """Moments of every MoE layer of ``model``, one expert slice per task on a few threads."""
+    out = {layer.index: Moments.zeros(model.n_experts) for layer in model.layers}
+    work: list[Work] = [
+        (layer.index, j, model.tensors[n])
+        for layer in model.layers
+        for n in layer.pooled
+        for j in range(model.n_experts)
+    ]
+    fds = {s: os.open(p, os.O_RDONLY) for s, p in enumerate(model.paths)}
+    try:
+
+        def run(w: Work) -> tuple[int, float, float]:
+            return slice_moments(model, w[2], w[1], fds)
+
+        for (i, j, t), (n, a, b) in zip(work, _map(run, work), strict=True):
+            m = out[i]
+            m.n[j] += n
+            m.sum_abs[j] += a
+            m.sum_sq[j] += b
+            if progress is not None:
+                progress(t.nbytes // model.n_experts)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return out
+
+
+def _map(fn: Callable[[Work], tuple[int, float, float]], work: list[Work]) -> Iterator[tuple[int, float, float]]:
+    threads = weights._threads()
+    if threads == 1:
+        yield from map(fn, work)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="moeprune-gguf-score") as pool:
+        yield from pool.map(fn, work)  # results are three numbers each: all may be in flight
