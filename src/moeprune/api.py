@@ -212,7 +212,7 @@ def _given_scores(given: GivenScores, criterion: str | None, ckpt: Checkpoint, m
     if given is None or isinstance(given, Scores):
         return given
     found = given if isinstance(given, ScoresFile) else load_scores(Path(given))
-    check_source(found.source, ckpt, moe, "these scores")
+    check_source(found.source, ckpt, moe, "the scores given")
     if criterion is None and len(found.scores) > 1:
         raise InputError(f"the scores hold several criteria ({', '.join(found.scores)}); choose one with --criterion")
     if criterion is not None and criterion not in found.scores:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,10 +20,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from moeprune.arch.layout import MoeModel, describe
 from moeprune.arch.spec import Groups
 from moeprune.errors import InputError, PlanError
 from moeprune.io.jsonfile import read_json, regular_file, validate
-from moeprune.provenance import Source
+from moeprune.io.reader import Checkpoint
+from moeprune.provenance import Source, check_source
 
 HIGHER_PRUNED = "higher_pruned"
 LOWER_PRUNED = "lower_pruned"
@@ -104,6 +107,30 @@ class PrunePlan:
         csv_file = path.parent / SCORES_CSV
         scores = _read_scores_csv(csv_file, d.n_experts) if csv_file.exists() else {}
         return cls(d.criterion, d.direction, d.ratio, d.n_experts, layers, scores, d.source)
+
+
+    def check_model(self, ckpt: Checkpoint, moe: MoeModel, what: str) -> None:
+        """Refuse applying this plan to (or comparing it with) a model it was not made on: its
+        recorded source, or for plans written before sources were recorded, its shape."""
+        check_source(self.source, ckpt, moe, what)
+        ids = {layer.index for layer in moe.layers}
+        if self.n_experts != moe.n_experts or not set(self.layers) <= ids:
+            raise InputError(
+                f"{what} came from a model with {self.n_experts} experts and MoE layers "
+                f"{sorted(self.layers)[:4]}..., not from {ckpt.path} ({moe.n_experts} experts)"
+            )
+
+
+def check_pruned_from(pruned: Path, base: str | os.PathLike[str]) -> PrunePlan:
+    """The plan of the pruned folder ``pruned``, after checking it was made from ``base`` (one
+    line naming the model it came from when not); reads headers and router weights only."""
+    plan_file = Path(pruned) / PLAN
+    if not (plan_file.exists() or plan_file.is_symlink()):
+        raise InputError(f"{pruned}: no {PLAN} (not a folder written by moeprune prune)")
+    made = PrunePlan.load(plan_file)
+    with Checkpoint.open(base) as ckpt:
+        made.check_model(ckpt, describe(ckpt.config, ckpt.tensors), str(pruned))
+    return made
 
 
 class _LayerFile(BaseModel):

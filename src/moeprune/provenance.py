@@ -66,12 +66,12 @@ def check_source(source: Source | None, ckpt: Checkpoint, moe: MoeModel, what: s
     here = (moe.family.model_type, moe.n_experts, [layer.index for layer in moe.layers])
     if (source.family, source.n_experts, source.moe_layers) != here:
         raise InputError(
-            f"{what} was made from {source.model} ({source.family}, {source.n_experts} experts, "
+            f"{what} came from {source.model} ({source.family}, {source.n_experts} experts, "
             f"{len(source.moe_layers)} MoE layers), not from {ckpt.path} ({here[0]}, {here[1]} experts, "
             f"{len(here[2])} MoE layers)"
         )
     if source.fingerprint != fingerprint(ckpt, moe):
         raise InputError(
-            f"{what} was made from {source.model}, whose router weights differ from those of {ckpt.path} "
+            f"{what} came from {source.model}, whose router weights differ from those of {ckpt.path} "
             "(another fine-tune or revision of the same architecture)"
         )

@@ -19,7 +19,7 @@ from moeprune.arch.families import family_for_config
 from moeprune.arch.layout import text_config
 from moeprune.errors import InputError
 from moeprune.io.reader import load_config, resolve
-from moeprune.plan import PrunePlan
+from moeprune.plan import PrunePlan, check_pruned_from
 
 TOLERANCE = 1e-4
 
@@ -46,10 +46,13 @@ def load_causal_lm(path: Path) -> Any:
 
 
 def decoder_layers(model: Any) -> Any:
-    """The decoder's ``layers`` ModuleList (the first one, outermost first)."""
+    """The decoder's ``layers`` ModuleList (the first one, outermost first, inside the language model
+    where transformers names one: a vision tower's ``layers`` may come first in a multimodal model)."""
     import torch
 
-    for name, module in model.named_modules():
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    for name, module in (decoder if isinstance(decoder, torch.nn.Module) else model).named_modules():
         if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
             return module
     raise InputError("cannot find the decoder layers of the loaded model")
@@ -109,10 +112,7 @@ def verify(
     import torch
 
     src, out = resolve(original), resolve(pruned)
-    plan_file = out / "moeprune_plan.json"
-    if not plan_file.is_file():
-        raise InputError(f"{out}: no moeprune_plan.json (not a folder written by moeprune prune)")
-    plan = PrunePlan.load(plan_file)
+    plan = check_pruned_from(out, src)  # before any model is loaded: the pair must belong together
     config = load_config(src)
     text = text_config(config, family_for_config(config))
     vocab = int(text["vocab_size"])

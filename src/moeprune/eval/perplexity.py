@@ -83,6 +83,7 @@ def evaluate_lm(
     At least one of the two is required. Keys that were not computed hold None.
     """
     from moeprune.io.reader import resolve
+    from moeprune.plan import PLAN, check_pruned_from
 
     if source is None and not tasks:
         raise InputError("nothing to evaluate: give a perplexity source (--ppl) or lm-eval tasks (--tasks)")
@@ -96,6 +97,8 @@ def evaluate_lm(
         _check_lmeval()
     path = resolve(model)
     base_path = resolve(base) if base is not None else None
+    if base_path is not None and (path / PLAN).exists():  # a pruned folder: its base must be its source
+        check_pruned_from(path, base_path)
     vocab, max_pos = _text_limits(path)
     tokenizer = _load_tokenizer(path)
     if tokenizer is None and base_path is not None:
