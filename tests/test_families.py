@@ -110,6 +110,7 @@ LAYOUT: dict[str, Layout] = {
     ),
     "granitemoe_swa": Layout("model.layers", "block_sparse_moe", "router.weight", fused=_FUSED),
     "sarvam_moe": Layout("model.layers", "mlp", "gate.weight", {"gate.expert_bias": 0}),
+    "gemma4": Layout("model.language_model.layers", "", "router.proj.weight", {"router.per_expert_scale": 0}, _FUSED),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
@@ -119,7 +120,7 @@ DENSE_RULE |= {"bailing_hybrid", "laguna", "sarvam_moe"}
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
 COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-TOPK_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token")
+TOPK_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token", "top_k_experts")
 RATIOS = (0.25, 0.5)
 ATOL = 1e-5
 
@@ -242,11 +243,12 @@ class Pruned:
     def moe_layers(self) -> list[int]:
         """Decoder layers that hold a router on disk."""
         lay = self.layout
-        pat = re.compile(rf"{re.escape(lay.layers)}\.(\d+)\.{re.escape(lay.block)}\.{re.escape(lay.router)}$")
+        block = re.escape(lay.block + ".") if lay.block else ""  # "": router and experts on the layer (Gemma 4)
+        pat = re.compile(rf"{re.escape(lay.layers)}\.(\d+)\.{block}{re.escape(lay.router)}$")
         return sorted(int(m.group(1)) for k in self.src_tensors if (m := pat.match(k)))
 
     def block(self, layer: int) -> str:
-        return f"{self.layout.layers}.{layer}.{self.layout.block}."
+        return f"{self.layout.layers}.{layer}." + (f"{self.layout.block}." if self.layout.block else "")
 
 
 @pytest.fixture(scope="session")

@@ -130,7 +130,7 @@ def _by_layer(tensors: Mapping[str, TensorInfo], prefix: str) -> dict[int, list[
 
 
 def _block(family: Family, prefix: str, i: int) -> str:
-    return f"{prefix}.{i}.{family.block}."
+    return f"{prefix}.{i}." + (f"{family.block}." if family.block else "")  # "": router, experts on the layer
 
 
 def _layer(family: Family, i: int, block: str, names: list[str], tensors: Mapping[str, TensorInfo], n: int) -> MoeLayer:

@@ -50,7 +50,8 @@ class Family:
     so calibration reads it from the router (``mem_router``) and computes f_j on the unscaled
     input with the experts' fused, transposed weights; g is the router's score."""
     block: str = "mlp"
-    """The MoE block's name under each decoder layer, on disk."""
+    """The MoE block's name under each decoder layer, on disk; "" when the router and experts sit on
+    the decoder layer itself (Gemma 4: ``layers.{L}.router``, ``layers.{L}.experts``)."""
     router: str = "gate.weight"
     """Router weight key relative to the block; its rows are the experts."""
     sliced: tuple[tuple[str, int], ...] = ()
