@@ -230,8 +230,10 @@ def score(
 )
 @click.option("--goal", type=click.Choice(GOALS), help=GOAL_HELP)
 @click.option("--stats", type=click.Path(path_type=Path), help="STATS folder written by `moeprune calibrate`.")
-@click.option("--ratio", type=float, help=RATIO_HELP)
-@click.option("--prune", "n_prune", type=int, help="Experts removed per MoE layer (instead of --ratio).")
+@click.option("--ratio", type=float, help=RATIO_HELP + " One of --ratio and --prune is required.")
+@click.option(
+    "--prune", "n_prune", type=click.IntRange(min=1), help="Experts removed per MoE layer (instead of --ratio)."
+)
 @click.option(
     "--scores",
     "scores_file",
@@ -722,12 +724,20 @@ def demo(ctx: click.Context, output: Path, ratios: str, calib_tokens: int, eval_
 @cli.command("make-tiny")
 @click.argument("family")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--max-shard-size", default="5GB", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Dtype of the saved weights.",
+)
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest shard (5GB, 500MB, 2GiB).")
 @click.pass_context
 def make_tiny(ctx: click.Context, family: str, directory: Path, seed: int, dtype: str, max_shard_size: str) -> None:
-    """Write a tiny random checkpoint of FAMILY (needs transformers) to DIRECTORY."""
+    """Write a tiny random checkpoint of FAMILY (needs transformers) to DIRECTORY, in the family's
+    real on-disk key layout, with the config keys serving engines read. FAMILY is one of
+    `moeprune families`."""
     from moeprune.tiny import make_tiny as run
 
     run(family, directory, seed=seed, dtype=dtype, max_shard_size=max_shard_size)
@@ -741,6 +751,24 @@ def families() -> None:
 
     for name, fam in sorted(FAMILIES.items()):
         click.echo(f"{name:16} {fam.notes}")
+
+
+SHORT_HELP = {
+    "inspect": "Family, layers, experts, top-k, layout, sizes.",
+    "score": "Score every routed expert -> scores.json.",
+    "calibrate": "Routing statistics, layer by layer -> STATS.",
+    "prune": "Remove the lowest-value experts -> checkpoint.",
+    "verify": "Prove a pruned checkpoint equals the masked original.",
+    "eval": "Perplexity, KL, top-1 agreement, lm-eval -> eval.json.",
+    "report": "HTML + markdown report of pruning runs.",
+    "demo": "The whole path on the bundled model.",
+    "make-tiny": "A tiny random checkpoint of a family.",
+    "families": "List the supported model families.",
+}
+"""One line per command for `moeprune --help` (the docstrings' first sentences are longer)."""
+for _name, _text in SHORT_HELP.items():
+    if _name in cli.commands:
+        cli.commands[_name].short_help = _text
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
