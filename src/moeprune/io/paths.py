@@ -92,6 +92,21 @@ def move_into_place(src: Path, dst: Path, *, replace: bool) -> None:
         ) from None
 
 
+def _file_mode() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+"""The mode of every file moeprune writes: what ``open`` gives (0644 under the usual umask),
+also for files written by libraries that create them private (safetensors: 0600)."""
+
+
+def set_file_mode(path: Path) -> None:
+    os.chmod(path, FILE_MODE)
+
+
 def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(path).expanduser().resolve()
 

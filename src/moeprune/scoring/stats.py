@@ -33,7 +33,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from moeprune.arch.layout import MoeModel
-from moeprune.errors import InputError
+from moeprune.errors import InputError, OutputError
+from moeprune.io.paths import set_file_mode
 from moeprune.io.reader import Checkpoint
 
 FORMAT = 1
@@ -150,11 +151,20 @@ class RoutingStats:
         if self.shards is not None:
             tensors["shards"] = self.shards.contiguous()
         tmp = folder / f".{MOMENTS}.tmp"
-        save_file(tensors, str(tmp), metadata={"format": "pt", "moeprune_stats": str(FORMAT)})
-        os.replace(tmp, folder / MOMENTS)
-        tmp = folder / f".{META}.tmp"
-        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, folder / META)
+        try:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "moeprune_stats": str(FORMAT)})
+            set_file_mode(tmp)  # safetensors creates its files private (0600); every moeprune output is alike
+            os.replace(tmp, folder / MOMENTS)
+            tmp = folder / f".{META}.tmp"
+            tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, folder / META)
+        except Exception as e:  # OSError, or safetensors' own error for a failed write (e.g. disk full)
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+                raise OutputError(
+                    f"could not save the statistics in {folder}: {getattr(e, 'strerror', None) or e}"
+                ) from None
+            raise
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> RoutingStats:
