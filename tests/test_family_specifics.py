@@ -4,16 +4,23 @@
   checkpoint is run whole through transformers, the routing its experts module receives is recorded,
   expert outputs are recomputed by hand in float64, and ``calibrate`` (layer by layer) must return the
   same nine moments per expert, on exactly the MoE layers.
-- Family-specific rules (MTP layers, selection biases, ...) with their own small checks below.
+- MTP layers and FP8 experts where the new families ship them (DeepSeek-V3.2, GLM-5, GLM-4.7-Flash),
+  with test_mtp.py's and test_quantized_checkpoints.py's checks.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from moeprune.arch import FAMILIES
 from moeprune.arch.layout import MoeModel, describe
@@ -92,3 +99,87 @@ def test_calibration_equals_the_full_model_reference(family: str, tiny: Callable
 def describe_tiny(path: Path) -> MoeModel:
     ckpt = Checkpoint.open(path)
     return describe(ckpt.config, ckpt.tensors)
+
+
+# --- MTP and FP8, where the new families ship them -------------------------------------------------
+
+MTP_CASES = {
+    # family: (trunk MoE block copied, MTP block written, config key naming the MTP layers)
+    "deepseek_v32": ("model.layers.2.mlp.", "model.layers.3.mlp.", "num_nextn_predict_layers"),
+    "glm_moe_dsa": ("model.layers.2.mlp.", "model.layers.3.mlp.", "num_nextn_predict_layers"),
+    "glm4_moe_lite": ("model.layers.2.mlp.", "model.layers.3.mlp.", "num_nextn_predict_layers"),
+}
+"""DeepSeek-V3.2, GLM-5 and GLM-4.7-Flash store their next-n layer as ``model.layers.{num_hidden_layers}``."""
+
+
+@pytest.mark.parametrize("family", sorted(MTP_CASES))
+def test_mtp_layer_is_pruned_like_the_trunk(
+    family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """test_mtp.py's proof (own scores, same count, renumbered, trunk verifies) for the new families."""
+    import test_mtp
+
+    monkeypatch.setitem(test_mtp.CASES, family, MTP_CASES[family])
+    test_mtp.test_mtp_layer_is_pruned_like_the_trunk_and_scored_from_its_own_weights(family, tiny, cli, tmp_path)
+
+
+@pytest.mark.parametrize("family", ["deepseek_v32", "glm_moe_dsa"])
+def test_fp8_experts_keep_their_scales_and_verify(
+    family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Hub DeepSeek-V3.2 and GLM-5-FP8 store block-scaled FP8 experts: AIMER is computed on the
+    dequantized weights, each kept expert keeps its own scale bytes, and the pruned model verifies."""
+    from test_quantized_checkpoints import BLOCK, _dequant_fp8, _fp8
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny(family), src)
+    tensors = load_file(src / "model.safetensors")
+    quantized: dict[str, torch.Tensor] = {}
+    dequantized: dict[str, np.ndarray] = {}
+    for name, t in tensors.items():
+        if re.search(r"\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight$", name):
+            q, s = _fp8(t)
+            quantized[name], quantized[name + "_scale_inv"] = q, s
+            dequantized[name] = _dequant_fp8(q, s)
+        else:
+            quantized[name] = t
+    save_file(quantized, src / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "activation_scheme": "dynamic",
+        "weight_block_size": [BLOCK, BLOCK],
+        "modules_to_not_convert": ["lm_head", "model.embed_tokens"]
+        + [n[: -len(".weight")] for n in quantized if n.endswith(".weight") and "experts." not in n],
+    }
+    (src / "config.json").write_text(json.dumps(config))
+
+    assert cli("score", str(src), "--criterion", "aimer", "-o", str(tmp_path / "s.json")).code == 0
+    scores = json.loads((tmp_path / "s.json").read_text())["layers"]
+    for layer, got in scores.items():
+        want = []
+        for j in range(len(got)):
+            w = np.concatenate(
+                [
+                    dequantized[f"model.layers.{layer}.mlp.experts.{j}.{p}.weight"].ravel()
+                    for p in ("gate_proj", "up_proj", "down_proj")
+                ]
+            )
+            want.append(np.mean(np.abs(w)) / np.sqrt(np.mean(w * w)))
+        np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=f"layer {layer}")
+
+    out = tmp_path / "out"
+    r = cli("prune", str(src), "--criterion", "aimer", "--ratio", "0.25", "-o", str(out))
+    assert r.code == 0, r
+    plan = json.loads((out / "moeprune_plan.json").read_text())["layers"]
+    pruned = load_file(out / "model.safetensors")
+    for layer, lp in plan.items():
+        for k, j in enumerate(lp["kept"]):
+            for p in ("gate_proj", "up_proj", "down_proj"):
+                for suffix in ("weight", "weight_scale_inv"):
+                    a = quantized[f"model.layers.{layer}.mlp.experts.{j}.{p}.{suffix}"]
+                    b = pruned[f"model.layers.{layer}.mlp.experts.{k}.{p}.{suffix}"]
+                    assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    r = cli("verify", str(src), str(out))  # transformers dequantizes FP8 on CPU
+    assert r.code == 0, r
