@@ -130,3 +130,13 @@ def test_scores_written_before_sources_still_load(tiny: Tiny, cli: Cli, tmp_path
     data = json.loads(scores.read_text())
     scores.write_text(json.dumps({k: data[k] for k in ("criterion", "direction", "layers")}))
     assert cli("prune", model, "--scores", str(scores), "--ratio", "0.5", "-o", str(tmp_path / "out")).code == 0
+
+
+def test_a_report_of_runs_from_two_models_is_refused(pruned: Path, tiny: Tiny, cli: Cli, tmp_path: Path) -> None:
+    from moeprune import prune
+
+    other = tmp_path / "other"
+    prune(tiny("qwen3_moe", seed=1), other, "aimer", ratio=0.25)
+    r = cli("report", str(pruned), str(other), "-o", str(tmp_path / "r.html"))
+    one_line_error(r, "a report compares runs of one model")
+    assert not (tmp_path / "r.html").exists()

@@ -1,7 +1,7 @@
 """Reading the runs a report shows: their plans, scores and evaluations, names, order and plan sizes.
 
-A run folder holds ``moeprune_plan.json`` (required), ``scores.csv`` (layer, expert, score, ...;
-without it the run has no score figure and no Spearman) and optionally ``eval.json`` (any key may be
+A run folder holds ``moeprune_plan.json`` (required), ``scores.csv`` (read with the plan by
+plan.py; without it the run has no score figure and no Spearman) and optionally ``eval.json`` (any key may be
 missing; a missing value shows as a dash); ``config.json`` beside them gives the family and the
 group-limited routing the selection follows.
 
@@ -11,7 +11,6 @@ in the order the criteria first appear, then as given. A folder given twice is s
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,8 +45,8 @@ class Run:
 
     @property
     def family(self) -> str | None:
-        source = getattr(self.plan, "source", None)
-        family = getattr(source, "family", None) or self.config.get("model_type")
+        source = self.plan.source
+        family = source.family if source is not None else self.config.get("model_type")
         return family if isinstance(family, str) else None
 
     def pruned(self) -> dict[int, set[int]]:
@@ -101,8 +100,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     plan = PrunePlan.load(plan_file)
     if not plan.layers:
         raise InputError(f"{plan_file}: the plan has no layers")
-    scores = _read_scores(path / "scores.csv", plan) if (path / "scores.csv").is_file() else {}
-    run = Run(path, path.resolve().name or str(path), plan, scores, _read_json(path / "eval.json"))
+    run = Run(path, path.resolve().name or str(path), plan, dict(plan.scores), _read_json(path / "eval.json"))
     run.config = _read_json(path / "config.json", quiet=True) or {}
     return run
 
@@ -119,27 +117,22 @@ def load_runs(dirs: list[str | os.PathLike[str]], notes: list[str]) -> list[Run]
         seen[key] = str(d)
         unique.append(d)
     runs = [load_run(d) for d in unique]
+    _same_model(runs)
     unique_names(runs)
     return sort_runs(runs)
 
 
-def _read_scores(path: Path, plan: PrunePlan) -> dict[int, list[float]]:
-    by_layer: dict[int, dict[int, float]] = {}
-    try:
-        with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                by_layer.setdefault(int(row["layer"]), {})[int(row["expert"])] = float(row["score"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: not a moeprune scores.csv ({e.__class__.__name__}: {e})") from None
-    out: dict[int, list[float]] = {}
-    for layer, experts in sorted(by_layer.items()):
-        if sorted(experts) != list(range(plan.n_experts)):
+def _same_model(runs: list[Run]) -> None:
+    """Refuse comparing runs pruned from different models (by their plans' recorded sources)."""
+    known = [r for r in runs if r.plan.source is not None]
+    for r in known[1:]:
+        a, b = known[0].plan.source, r.plan.source
+        assert a is not None and b is not None
+        if a.fingerprint != b.fingerprint:
             raise InputError(
-                f"{path}: layer {layer} has scores for {len(experts)} expert ids, "
-                f"the plan beside it has {plan.n_experts} experts"
+                f"{r.path} was pruned from {b.model}, {known[0].path} from {a.model} (another model or fine-tune); "
+                "a report compares runs of one model"
             )
-        out[layer] = [experts[j] for j in range(plan.n_experts)]
-    return out
 
 
 def _read_json(path: Path, quiet: bool = False) -> dict[str, Any] | None:
