@@ -79,9 +79,14 @@ def first_key(cfg: Mapping[str, Any], keys: tuple[str, ...], what: str) -> tuple
     raise InputError(f"config.json has no {what} (looked for {', '.join(keys)})")
 
 
+QUANT_COMPANIONS = ("_scale_inv", "_scales", "weight_scale", "weight_scale_2", "input_scale")
+"""Suffixes of quantization companions (FP8 block scales, MXFP4 scales, ...): read with their weight,
+never pooled on their own."""
+
+
 def is_weight(name: str) -> bool:
     """Tensors pooled by weight criteria: matrices, not biases or quantization scales."""
-    return not name.endswith(("bias", "_scale_inv", "_scales", "weight_scale", "weight_scale_2", "input_scale"))
+    return not name.endswith(("bias", *QUANT_COMPANIONS))
 
 
 def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeModel:

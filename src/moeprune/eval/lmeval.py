@@ -76,7 +76,6 @@ PAPER_METRICS: dict[str, str] = {
     "rte": "acc",
     "winogrande": "acc",
 }
-PAPER_TASKS: tuple[str, ...] = tuple(PAPER_METRICS)
 # Any other task: the first of these lm-eval computes, else its first numeric metric.
 FALLBACK_METRICS: tuple[str, ...] = ("acc_norm", "acc")
 

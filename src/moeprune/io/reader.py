@@ -127,17 +127,6 @@ class Checkpoint:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(buf, dtype=dtype).view(shape)
 
-    def read_flat(self, name: str, first: int, count: int) -> torch.Tensor:
-        """Elements ``first : first + count`` of tensor ``name`` (row-major), as a 1-D tensor."""
-        import torch
-
-        from moeprune.io.format import DTYPES
-
-        info = self.info(name)
-        size = info.itemsize
-        buf = read_bytes(self._fd(info.file), info.start + first * size, count * size)
-        return torch.frombuffer(buf, dtype=DTYPES[info.dtype]) if count else torch.empty(0, dtype=DTYPES[info.dtype])
-
     def read_raw(self, file: Path, start: int, out: bytearray | memoryview) -> memoryview:
         """Fill ``out`` with the bytes of ``file`` (one of this checkpoint's shards) from absolute
         offset ``start``, with no allocation: the streaming scorer's read (safe from any thread)."""

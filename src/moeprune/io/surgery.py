@@ -13,6 +13,7 @@ import copy
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,22 @@ WEIGHT_FILES = re.compile(
 REWRITTEN = {"config.json", "README.md"}
 
 
+@dataclass(frozen=True)
+class ExpertTensor:
+    """A tensor of one expert (per-expert layout): kept, dropped or renumbered whole."""
+
+    layer: MoeLayer
+    expert: int
+
+
+@dataclass(frozen=True)
+class SlicedTensor:
+    """A tensor with one entry per expert along ``axis`` (fused experts, router rows, biases)."""
+
+    layer: MoeLayer
+    axis: int
+
+
 def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callable[[int], list[int]]) -> list[OutTensor]:
     """Every output tensor, in input file order, when every MoE layer keeps ``n_kept`` experts.
 
@@ -36,15 +53,15 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callabl
     expert ``j``'s tensors. Which input bytes fill a layer's tensors is asked of ``kept(layer
     index)`` (the layer's kept original ids, ascending) only when the writer reaches them, so the
     plan may still be in the making while the rest is written."""
-    roles: dict[str, tuple[MoeLayer, str, Any]] = {}
+    roles: dict[str, ExpertTensor | SlicedTensor] = {}
     for layer in model.layers:
         for j, names in layer.per_expert.items():
             for name in names:
-                roles[name] = (layer, "expert", j)
+                roles[name] = ExpertTensor(layer, j)
         for name in layer.fused:
-            roles[name] = (layer, "axis", 0)
+            roles[name] = SlicedTensor(layer, 0)
         for name, axis in layer.sliced:
-            roles[name] = (layer, "axis", axis)
+            roles[name] = SlicedTensor(layer, axis)
 
     out: list[OutTensor] = []
     order = sorted(ckpt.tensors.items(), key=lambda kv: (str(kv[1].file), kv[1].start))
@@ -54,24 +71,21 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callabl
             out.append(
                 OutTensor(name, info.dtype, info.shape, [(info.file, info.start, info.nbytes)], nbytes=info.nbytes)
             )
-            continue
-        layer, kind, arg = role
-        if kind == "expert":
-            if arg < n_kept:  # the place of output expert `arg`
-                source = partial(_expert_source, ckpt, model, layer, name, arg, kept)
-                out.append(
-                    OutTensor(
-                        name,
-                        info.dtype,
-                        info.shape,
-                        make=source,
-                        nbytes=info.nbytes,
-                        layer=layer.index,
-                        origin=info.start,
-                    )
+        elif isinstance(role, SlicedTensor):
+            out.append(_sliced(ckpt, name, info, role.axis, n_kept, partial(kept, role.layer.index), role.layer.index))
+        elif role.expert < n_kept:  # this tensor's place holds output expert `role.expert`
+            source = partial(_expert_source, ckpt, model, role.layer, name, role.expert, kept)
+            out.append(
+                OutTensor(
+                    name,
+                    info.dtype,
+                    info.shape,
+                    make=source,
+                    nbytes=info.nbytes,
+                    layer=role.layer.index,
+                    origin=info.start,
                 )
-        else:
-            out.append(_sliced(ckpt, name, info, arg, n_kept, partial(kept, layer.index), layer.index))
+            )
     return out
 
 

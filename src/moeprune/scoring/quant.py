@@ -19,7 +19,7 @@ import math
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from moeprune.arch.layout import MoeModel
+from moeprune.arch.layout import QUANT_COMPANIONS, MoeModel
 from moeprune.errors import InputError
 from moeprune.io.reader import Checkpoint
 
@@ -82,14 +82,12 @@ def fp8_block_moments(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int
     return rows * cols, float((a * s).sum()), float((b * s * s).sum())
 
 
-COMPANIONS = ("_scale_inv", "_scales", "weight_scale", "weight_scale_2", "input_scale")
-"""Suffixes of quantization companions: read with their weight, never pooled on their own."""
 PLAIN = ("F64", "F32", "F16", "BF16")
 
 
 def is_quantized(ckpt: Checkpoint, model: MoeModel) -> bool:
     return any(
-        ckpt.info(n).dtype not in PLAIN or n.endswith(COMPANIONS)
+        ckpt.info(n).dtype not in PLAIN or n.endswith(QUANT_COMPANIONS)
         for layer in model.layers
         for n in layer.expert_tensors
     )
@@ -116,7 +114,7 @@ def quantized_moments(ckpt: Checkpoint, model: MoeModel) -> dict[int, Any]:
         ]
         items += [(j, name, True, set(layer.fused)) for name in layer.fused for j in range(model.n_experts)]
         for j, name, fused, siblings in items:
-            if name.endswith(COMPANIONS) or name.endswith("bias"):
+            if name.endswith(QUANT_COMPANIONS) or name.endswith("bias"):
                 continue
             n, a, b = _tensor_moments(ckpt, name, j if fused else None, siblings, block_cfg)
             m.n[j] += n
