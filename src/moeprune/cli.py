@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from moeprune.errors import MoePruneError
+from moeprune.verify import TOLERANCE
 
 RATIO_HELP = (
     "Fraction of routed experts removed from every MoE layer. Per layer, p = the integer nearest "
@@ -30,6 +31,18 @@ GOAL_HELP = (
     "(aimer without --stats), task-specific -> gean (calibrate on the target domain first)."
 )
 
+
+DEVICE_OPTION = click.option(
+    "--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (the model runs there)."
+)
+DTYPE_OPTION = click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Compute dtype; auto = float32 on CPU (bf16 matmuls are slow without CPU support), bfloat16 on CUDA.",
+)
+"""Options of every command that runs the network (calibrate, eval), declared once."""
 
 BYTE_STAGES = {"score", "write"}
 """Progress stages counted in bytes; the others count tokens (calibration layers, evaluation) or,
@@ -349,14 +362,8 @@ def prune(
 @click.option("--text-field", default="text", show_default=True, help="Field holding the text in records.")
 @click.option("--data-config", default=None, help="Hugging Face dataset configuration (e.g. en for allenai/c4).")
 @click.option("--split", default="train", show_default=True, help="Hugging Face dataset split.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
-    default="auto",
-    show_default=True,
-    help="Compute dtype; auto = float32 on CPU (bf16 matmuls are slow without CPU support), bfloat16 on CUDA.",
-)
+@DEVICE_OPTION
+@DTYPE_OPTION
 @click.option(
     "--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Sequences per forward call."
 )
@@ -459,7 +466,7 @@ def calibrate(
 )
 @click.option(
     "--tolerance",
-    default=1e-4,
+    default=TOLERANCE,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Largest |logit difference| accepted.",
@@ -509,14 +516,8 @@ def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int
 @click.option(
     "--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Windows per forward call."
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (both models are loaded on it).")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="auto: float32 on CPU, bfloat16 on CUDA.",
-)
+@DEVICE_OPTION
+@DTYPE_OPTION
 @click.option("--text-field", default="text", show_default=True, help="Field holding the text in records.")
 @click.option("--data-config", default=None, help="Hugging Face dataset configuration (e.g. wikitext-2-raw-v1).")
 @click.option("--split", default="test", show_default=True, help="Hugging Face dataset split.")
