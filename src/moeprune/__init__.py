@@ -12,8 +12,7 @@ from moeprune.errors import MoePruneError
 from moeprune.scores import Scores
 from moeprune.tiny import make_tiny
 from moeprune.verify import verify
-
-__version__ = "0.1.0"
+from moeprune.version import __version__
 
 
 def __getattr__(name: str) -> Any:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import base64
 import html
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import quote
 
 from moeprune.report.blocks import Table, Text
+from moeprune.version import __version__
 
 Section = tuple[str, list[Any]]
 
@@ -37,10 +37,7 @@ details{margin:.6em 0}summary{cursor:pointer;color:#333}
 
 
 def package_version() -> str:
-    try:
-        return version("moeprune")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def _figure(block: Any) -> str:

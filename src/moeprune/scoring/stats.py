@@ -36,6 +36,7 @@ from moeprune.arch.layout import MoeModel
 from moeprune.errors import InputError, OutputError
 from moeprune.io.paths import set_file_mode
 from moeprune.io.reader import Checkpoint
+from moeprune.version import __version__
 
 FORMAT = 1
 """Version of the STATS folder layout; bumped when its meaning changes (shards are an optional
@@ -45,8 +46,6 @@ META = "stats.json"
 
 
 def _version() -> str:
-    from moeprune import __version__
-
     return __version__
 
 
