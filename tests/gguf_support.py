@@ -15,6 +15,11 @@ import numpy as np
 
 ARCHS = {"qwen3_moe": "QWEN3MOE", "qwen2_moe": "QWEN2MOE", "olmoe": "OLMOE", "mixtral": "LLAMA"}
 """Families this converter handles -> gguf.MODEL_ARCH member."""
+TINY = {
+    "qwen2_moe": {"overrides": {"mlp_only_layers": []}},  # llama.cpp's qwen2moe has no dense layers
+    "olmoe": {"overrides": {"num_key_value_heads": 4}},  # llama.cpp's olmoe: q/k norms over all heads (no GQA)
+}
+"""make_tiny arguments for a tiny model of each family that llama.cpp's architecture can run."""
 
 
 def _hf_tensors(folder: Path) -> dict[str, np.ndarray]:
@@ -31,8 +36,9 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def hf_to_gguf(folder: Path, out: Path, qtype: str = "F32") -> Path:
-    """Write the tiny checkpoint in ``folder`` as GGUF (F32, F16 or Q8_0 like the converter's --outtype)."""
+def hf_to_gguf(folder: Path, out: Path, qtype: str = "F32", *, experts_only: bool = False) -> Path:
+    """Write the tiny checkpoint in ``folder`` as GGUF (F32, F16 or Q8_0 like the converter's
+    --outtype); ``experts_only``: only the routed-expert tensors get ``qtype``, the rest F32."""
     import gguf
 
     cfg = json.loads((folder / "config.json").read_text())
@@ -98,7 +104,7 @@ def hf_to_gguf(folder: Path, out: Path, qtype: str = "F32") -> Path:
         if new is None:
             new = names.get_name(base)
         assert new is not None, key
-        _add(w, f"{new}.{suffix}", t.astype(np.float32), qtype)
+        _add(w, f"{new}.{suffix}", t.astype(np.float32), qtype if "_exps" in new or not experts_only else "F32")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -15,7 +15,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 import moeprune.gguf as mg  # noqa: E402
-from gguf_support import hf_to_gguf, synthetic  # noqa: E402
+from gguf_support import TINY, hf_to_gguf, synthetic  # noqa: E402
 from moeprune.errors import InputError  # noqa: E402
 from moeprune.scoring import weights  # noqa: E402
 
@@ -142,8 +142,6 @@ def test_split_model(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-de
 
 
 FAMILIES = ["qwen3_moe", "qwen2_moe", "olmoe", "mixtral"]
-TINY = {"qwen2_moe": {"overrides": {"mlp_only_layers": []}}}
-"""llama.cpp's qwen2moe has no dense layers: the tiny model's dense first layer becomes MoE."""
 
 
 @pytest.fixture(scope="module")
