@@ -78,6 +78,7 @@ class _Progress:
                 unit_divisor=1024,
                 file=sys.stderr,
                 dynamic_ncols=True,
+                disable=None,  # bars on a terminal only: no escape codes in logs
             )
         bar.update(advance)
         if bar.total and bar.n >= bar.total:  # done: stop its clock (a later pass of the stage gets a new bar)
@@ -412,6 +413,8 @@ def calibrate(
                 f"from {tokens.source}; sha256 {tokens.sha256()[:12]}",
             )
 
+    if rank == 0:
+        _note(ctx, f"reading {source} (and the tokenizer) ...")
     bars = _Progress(ctx.obj["quiet"] or rank != 0)
     try:
         stats = run(
