@@ -120,12 +120,14 @@ LAYOUT: dict[str, Layout] = {
     "sarvam_mla": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "axk2": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "flint": Layout("model.layers", "mlp", "gate.weight"),
+    "beam": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
+    "lara_mini": Layout("model.layers", "mlp", "gate.weight", fused=_FUSED),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
 DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_moe", "kimi_linear", "afmoe"}
 DENSE_RULE |= {"bailing_hybrid", "laguna", "sarvam_moe", "mimo_v2_flash", "hy_v3", "axk1", "minicpm5_moe"}
-DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint"}
+DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam"}
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
@@ -137,7 +139,7 @@ ATOL = 1e-5
 
 V3_GROUPED = {"deepseek_v3", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "solar_open"}
 V3_GROUPED |= {"exaone_moe", "kimi_linear", "bailing_hybrid", "sarvam_moe", "mimo_v2_flash", "axk1", "minicpm5_moe"}
-V3_GROUPED |= {"param2moe", "sarvam_mla", "axk2"}
+V3_GROUPED |= {"param2moe", "sarvam_mla", "axk2", "beam"}
 """Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""
 
 
