@@ -82,3 +82,40 @@ def test_pruned_gguf_runs_in_llamacpp_like_transformers(tmp_path: Path, family: 
     print(f"{family} {qtype}: max |Δlogit| llama.cpp vs transformers = {err:.3g} (tolerance {tol:.3g}{note})")
     assert err <= tol
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= (1.0 if qtype != "Q8_0" else 0.8)
+
+
+@pytest.mark.parametrize(
+    "qtype",
+    [
+        "Q8_0",
+        "Q4_0",
+        "Q5_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "IQ2_XXS",
+        "IQ2_S",
+        "IQ3_S",
+        "IQ1_M",
+        "IQ4_XS",
+        "MXFP4",
+    ],
+)
+def test_llamacpp_dequantizers_equal_gguf_py(qtype: str) -> None:
+    """Scoring uses llama.cpp's C dequantizers when they are installed: bit for bit gguf-py's."""
+    import gguf
+
+    from moeprune.gguf.ggml import dequantizer
+
+    q = gguf.GGMLQuantizationType[qtype]
+    block, size = gguf.GGML_QUANT_SIZES[q]
+    raw = np.random.default_rng(0).integers(0, 256, (16, 512 // block * size), dtype=np.uint8)
+    raw[..., :2] &= 0x3B  # scale-like leading bytes finite (the rest is any bytes)
+    fast = dequantizer(qtype)
+    assert fast is not None
+    want = gguf.quants.dequantize(raw, q).ravel()
+    got = fast(raw, 16 * 512)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(got[~np.isnan(got)], want[~np.isnan(want)])

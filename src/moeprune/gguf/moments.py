@@ -4,9 +4,10 @@ one expert slice at a time, for the weight criteria of `moeprune.scoring.weights
 An expert's slice of ``blk.N.ffn_*_exps.weight`` is contiguous (the expert is the outer axis) and
 made of whole rows, hence whole quantization blocks. F32/F16/BF16 slices go to the same kernel as
 safetensors weights (the native one, reading the file by offset, or numpy's `accumulate`);
-quantized slices (Q8_0, K-quants, IQ*, MXFP4, ...) are dequantized by gguf-py
-(``gguf.quants.dequantize``), at most ROWS_BYTES of them at a time, and the float32 values summed
-by `accumulate` in float64. The biases are not pooled, as for safetensors.
+quantized slices (Q8_0, K-quants, IQ*, MXFP4, ...) are dequantized, at most ROWS_BYTES of them
+at a time, by llama.cpp's own C functions where llama-cpp-python is installed (`moeprune.gguf.ggml`)
+or else by gguf-py (``gguf.quants.dequantize``, the same values, far slower), and the float32
+values summed by `accumulate` in float64. The biases are not pooled, as for safetensors.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from moeprune.errors import InputError
+from moeprune.gguf import ggml
 from moeprune.gguf.model import GgufModel, GgufTensor
 from moeprune.scoring import weights
 from moeprune.scoring.weights import Moments, accumulate
@@ -24,6 +26,9 @@ from moeprune.scoring.weights import Moments, accumulate
 ROWS_BYTES = 8 << 20
 """Quantized bytes dequantized at once (the float32 copy is ~4-8x larger)."""
 PLAIN = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
+USE_GGML = True
+"""Dequantize with llama.cpp's own C functions when llama-cpp-python is installed (`ggml`);
+tests switch it off to run gguf-py's."""
 
 Work = tuple[int, int, GgufTensor]
 """(layer, expert, tensor)."""
@@ -63,9 +68,12 @@ def slice_moments(model: GgufModel, t: GgufTensor, j: int, fds: dict[int, int]) 
         return (n, *accumulate((raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)))
     sa = sq = 0.0
     step = max(1, ROWS_BYTES // max(1, raw.shape[1]))
+    fast = ggml.dequantizer(t.qtype.name) if USE_GGML else None
+    ne0 = t.shape[-1]
     try:
         for lo in range(0, raw.shape[0], step):
-            x = dequantize(raw[lo : lo + step], t.qtype)  # (rows, ne0) float32
+            part = raw[lo : lo + step]
+            x = fast(part, part.shape[0] * ne0) if fast else dequantize(part, t.qtype)  # (rows * ne0,) float32
             a, b = accumulate(x)
             sa += a
             sq += b
