@@ -958,7 +958,7 @@ _ENTRIES = [
             router_scaling_factor=2.826,
             **_E8K2,
         ),
-        notes="Hunyuan V3: sigmoid + expert_bias on the block (router.gate on disk), renormalise, x scale",
+        notes="Tencent Hy3: sigmoid + expert_bias on the block (router.gate on disk), renormalise, x scale",
     ),
     Family(
         "axk1",
