@@ -15,12 +15,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moeprune.arch.layout import MoeModel, describe
+from moeprune.arch.layout import MoeModel
 from moeprune.errors import InputError
 from moeprune.io import surgery
 from moeprune.io.paths import check_new, check_output
 from moeprune.io.reader import Checkpoint
 from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
+from moeprune.loading import open_model
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, check_feasible, make_plan, n_to_prune
 from moeprune.provenance import check_source, source_of
 from moeprune.scores import Scores, ScoresFile, load_scores, save_scores
@@ -39,11 +40,6 @@ CRITERIA: dict[str, str] = {
     **{name: f"{c.doc}; S({c.b},{c.alpha},{c.beta}); needs --stats" for name, c in NAMED.items()},
 }
 """Every named criterion and what it computes; ``unified:b,α,β`` names any other S(b, α, β)."""
-
-
-def open_model(model: str | os.PathLike[str], *, weights: bool = True) -> tuple[Checkpoint, MoeModel]:
-    ckpt = Checkpoint.open(model, weights=weights)
-    return ckpt, describe(ckpt.config, ckpt.tensors)
 
 
 def inspect(model: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,16 +1,39 @@
-"""What the commands that run the network load from a checkpoint besides its weights: the
-tokenizer and the text limits (vocabulary size, context length), with transformers never allowed
-to run code from the checkpoint (``trust_remote_code=False``)."""
+"""Opening a model: the checkpoint seen as a MoE model (`open_model`, no weights read), and what
+the commands that run the network need besides (tokenizer, text limits, the decoder layers of a
+model transformers built), with transformers never allowed to run code from the checkpoint
+(``trust_remote_code=False``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from moeprune.arch.config import load_config
+from moeprune.arch.layout import MoeModel, describe
 from moeprune.errors import InputError
+from moeprune.io.reader import Checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def open_model(model: str | os.PathLike[str], *, weights: bool = True) -> tuple[Checkpoint, MoeModel]:
+    """The checkpoint (config and headers checked) and where its routed experts are."""
+    ckpt = Checkpoint.open(model, weights=weights)
+    return ckpt, describe(ckpt.config, ckpt.tensors)
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder's ``layers`` ModuleList (the first one, outermost first, inside the language model
+    where transformers names one: a vision tower's ``layers`` may come first in a multimodal model)."""
+    import torch
+
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    for name, module in (decoder if isinstance(decoder, torch.nn.Module) else model).named_modules():
+        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
+            return module
+    raise InputError("cannot find the decoder layers of the loaded model")
 
 
 def load_tokenizer(path: Path) -> Any | None:

@@ -33,6 +33,7 @@ from moeprune.calib.data import TokenBatch
 from moeprune.calib.hooks import Observer
 from moeprune.calib.skeleton import Skeleton
 from moeprune.errors import InputError
+from moeprune.loading import open_model
 from moeprune.scoring.stats import RoutingStats, model_fingerprint
 
 Progress = Callable[[str, int, int], None]
@@ -117,8 +118,6 @@ def calibrate(
 ) -> RoutingStats:
     """Routing statistics of ``model`` on ``tokens``; written to the STATS folder ``out`` if given.
     ``dtype`` ``auto``: see `auto_dtype`."""
-    from moeprune.api import open_model
-
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")

@@ -21,6 +21,7 @@ from moeprune.arch.layout import MoeModel
 from moeprune.calib import memory
 from moeprune.errors import InputError
 from moeprune.io.reader import Checkpoint
+from moeprune.loading import decoder_layers
 
 
 class _Stop(Exception):
@@ -60,7 +61,6 @@ class Skeleton:
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.model.eval()
         self.mapping = get_model_conversion_mapping(self.model)
-        from moeprune.verify import decoder_layers
 
         self.layers = decoder_layers(self.model)
         pattern = re.compile(re.escape(moe.family.layers) + r"\.(\d+)\.")
