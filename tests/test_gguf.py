@@ -263,6 +263,17 @@ def test_wrong_magic(tmp_path: Path, good: Path, magic: bytes, cli) -> None:  # 
     _one_line(cli("inspect", str(bad)))
 
 
+def test_unknown_per_expert_tensor(tmp_path: Path, good: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """A per-expert tensor moeprune has no role for (an expert scale) is refused, not left unpruned."""
+    bad = tmp_path / "bad.gguf"
+    data = good.read_bytes()
+    at = data.index(b"blk.0.ffn_gate_inp.weight")
+    new = b"blk.0.ffn_down_exps.scale"  # as long as the name it replaces
+    bad.write_bytes(data[:at] + new + data[at + len(new) :])
+    r = cli("inspect", str(bad))
+    _one_line(r)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "bert", "mamba", "llama"])
 def test_unknown_or_expertless_architecture(tmp_path: Path, arch: str, cli) -> None:  # type: ignore[no-untyped-def]
     w = gguf.GGUFWriter(tmp_path / "m.gguf", arch)

@@ -20,6 +20,8 @@ from moeprune.errors import InputError
 
 SPLIT = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+PER_EXPERT = re.compile(r"^blk\.\d+\.[^.]*(_exps|_chexps)\b")
+"""Names of per-expert tensors: every one must have a known role (arch/gguf.py)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,9 @@ def open_gguf(path: str | os.PathLike[str]) -> GgufModel:
             if start < end:
                 raise InputError(f"{p}: the data of tensors {a!r} and {b!r} overlap")
     roles = {n: r for n in tensors if (r := role(n)) is not None}
+    unknown = next((n for n in tensors if n not in roles and PER_EXPERT.match(n)), None)
+    if unknown is not None:  # e.g. ffn_norm_exps, chunk experts, per-expert scales: would stay unpruned
+        raise InputError(f"{paths[0]}: tensor {unknown!r} looks per-expert, and moeprune does not know how to prune it")
     by_layer: dict[int, GgufLayer] = {}
     for n, r in roles.items():
         layer = by_layer.setdefault(r.layer, GgufLayer(r.layer))
