@@ -65,6 +65,20 @@ def include_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture
+def small_builtin_index(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-eval's built-in index stands for ~15k YAMLs (tens of seconds to build); these tests only
+    need a few real built-in tasks to be known, so the index is lm-eval's own ``arc`` folder."""
+    from lm_eval import tasks
+    from lm_eval.tasks import TaskManager
+
+    arc = tmp_path_factory.mktemp("builtin") / "arc"
+    shutil.copytree(Path(tasks.__file__).parent / "arc", arc)
+    monkeypatch.setattr(
+        lmeval, "_manager", lambda include_path: TaskManager(include_path=str(arc), include_defaults=False)
+    )
+
+
 def _load(path: Path) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
 
@@ -116,6 +130,7 @@ def test_metric_table() -> None:
     }
 
 
+@pytest.mark.usefixtures("small_builtin_index")
 def test_unknown_task(models: tuple[Path, Path], include_path: Path) -> None:
     model, tokenizer = _load(models[1])
     unknown = r"^unknown lm-eval task\(s\): no_such_task_xyz \(not built into lm-eval nor in"
@@ -125,6 +140,7 @@ def test_unknown_task(models: tuple[Path, Path], include_path: Path) -> None:
         run_tasks(model, tokenizer, ["local_mc"], include_path=str(include_path / "missing"))
 
 
+@pytest.mark.usefixtures("small_builtin_index")
 def test_hub_task_offline(models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets.config
     import huggingface_hub.constants
