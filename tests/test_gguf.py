@@ -181,6 +181,12 @@ def test_hf_plan_on_gguf_equals_converted_hf_pruned(tmp_path: Path, family: str,
         ), n
     f_got.pop("moeprune.plan")
     assert f_ref == f_got
+    # the checkpoint's scores.json gives the same file
+    assert cli("score", str(hf), "-c", "aimer", "-o", str(tmp_path / "s.json")).code == 0
+    r = cli("prune", str(src), "--scores", str(tmp_path / "s.json"), "--ratio", "0.5", "-o", str(tmp_path / "s.gguf"))
+    assert r.code == 0, r
+    _, t_s = _read(tmp_path / "s.gguf")
+    assert all(np.array_equal(np.asarray(t.data), np.asarray(t_s[n].data)) for n, t in t_got.items())
     # the same plan when chosen on the GGUF itself
     r = cli("prune", str(src), "--ratio", "0.5", "-c", "aimer", "--dry-run", "-o", str(tmp_path / "d.gguf"))
     plan = json.loads((tmp_path / "hfp" / "moeprune_plan.json").read_text())
