@@ -58,6 +58,8 @@ class Layout:
     """Other per-expert vectors relative to the block, and their expert axis."""
     fused: tuple[str, ...] = ()
     """Fused expert tensors relative to the block (axis 0 = expert); empty = per-expert keys."""
+    experts: str = "experts"
+    """Prefix of the per-expert tensors relative to the block (``{experts}.{j}.*``)."""
 
 
 _FUSED = ("experts.gate_up_proj", "experts.down_proj")
@@ -122,6 +124,7 @@ LAYOUT: dict[str, Layout] = {
     "flint": Layout("model.layers", "mlp", "gate.weight"),
     "beam": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "lara_mini": Layout("model.layers", "mlp", "gate.weight", fused=_FUSED),
+    "kolibri1": Layout("model.layers", "", "mlp.gate.weight", {"moe.router.expert_bias": 0}, experts="mlp.experts"),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
@@ -356,7 +359,7 @@ def test_tensors_sliced_renumbered_and_untouched(
             assert src[name].shape[axis] == n, f"{name}: {tuple(src[name].shape)} has no expert axis {axis}"
             expected[name] = src[name].index_select(axis, idx)
             indexed.add(name)
-        per = re.compile(re.escape(block + "experts.") + r"(\d+)\.(.+)$")
+        per = re.compile(re.escape(f"{block}{lay.experts}.") + r"(\d+)\.(.+)$")
         found: dict[int, set[str]] = {}
         routed |= indexed
         for name in src:
@@ -365,7 +368,7 @@ def test_tensors_sliced_renumbered_and_untouched(
                 found.setdefault(j, set()).add(suffix)
                 routed.add(name)
                 if j in kept:
-                    expected[f"{block}experts.{kept.index(j)}.{suffix}"] = src[name]
+                    expected[f"{block}{lay.experts}.{kept.index(j)}.{suffix}"] = src[name]
         if lay.fused:
             assert not found, f"layer {layer}: per-expert keys in a fused checkpoint"
         else:

@@ -55,6 +55,7 @@ CALIBRATED = [
     "flint",
     "beam",
     "lara_mini",
+    "kolibri1",
     # of the first 18, those test_calib_reference.py does not check
     "glm4_moe",
     "hunyuan_v1_moe",

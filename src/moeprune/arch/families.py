@@ -1148,6 +1148,28 @@ _ENTRIES = [
         ),
         notes="linear-attention hybrid; softmax, top-k, renormalise; fused experts on disk; shared expert (kept)",
     ),
+    Family(
+        "kolibri1",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        block="",  # the selection bias is outside the MoE block: keys are relative to the layer
+        router="mlp.gate.weight",
+        experts="mlp.experts",
+        sliced=(("moe.router.expert_bias", 0),),
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=_tiny(
+            architectures=["Kolibri1ForCausalLM"],
+            num_experts=8,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            norm_topk_prob=True,
+            sliding_window=16,
+            **_E8K2,
+        ),
+        notes="top-k on logits + bias, sigmoid of the chosen; selection bias at moe.router.expert_bias",
+    ),
 ]
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
