@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from html import unescape
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +379,196 @@ def test_agreement_pairs_only_equal_plan_sizes() -> None:
     assert [(p.a, p.b) for p in pairs] == [("c", "d"), ("a", "b")] and not notes
     assert pairs[0].jaccard == [0.0] and pairs[1].jaccard == [1 / 3]
     assert pairs[0].random_jaccard == pytest.approx(expected_jaccard(4, 1)) == 0.25
+
+
+# --- the answer first, selection stability, the page as a browser shows it ------------------------------
+
+KL = {("man", 25): 0.01, ("gean", 25): 0.02, ("msan", 25): 0.05, ("random", 25): 0.1, ("man", 50): 0.08}
+KL |= {("gean", 50): 0.04}
+"""KL of each (criterion, percent) run: man wins at 25 % (four runs: a matrix), gean at 50 % (two: lines)."""
+
+
+def _sharded_stats(model: Path, folder: Path, n_shards: int = 4) -> None:
+    """A STATS folder for ``model`` with synthetic per-shard moments (routed-token counts whole)."""
+    import torch
+
+    from moeprune.api import open_model
+    from moeprune.scoring.stats import RoutingStats, model_fingerprint
+
+    ckpt, moe = open_model(model)
+    with ckpt:
+        layers = [layer.index for layer in moe.layers]
+        gen = torch.Generator().manual_seed(0)
+        shards = torch.rand(len(layers), n_shards, moe.n_experts, 3, 3, generator=gen, dtype=torch.float64) * 4
+        shards[..., 0, 0] = torch.randint(0, 9, shards.shape[:3], generator=gen).double()
+        meta = {"family": moe.family.model_type, "model_fingerprint": model_fingerprint(ckpt, moe)}
+        meta |= {"finished_layers": layers, "n_tokens": 4096, "model": str(model)}
+        RoutingStats(layers, shards.sum(dim=1), meta, shards).save(folder)
+
+
+@pytest.fixture(scope="module")
+def scored(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """A STATS folder with shards and five runs pruned from it (man, gean at 25 % and 50 %; random at
+    25 %), each evaluated with the KL of :data:`KL`, under a very long folder name."""
+    model = tiny("qwen3_moe")
+    root = tmp_path_factory.mktemp("scored")
+    _sharded_stats(model, root / "stats")
+    out = {}
+    for (criterion, percent), kl in KL.items():
+        name = f"{criterion}-{percent}"
+        out[name] = root / f"a-rather-long-folder-name-for-a-pruning-run-{name}"
+        args = ["-c", criterion, "--stats", str(root / "stats"), "--ratio", str(percent / 100), "-o", str(out[name])]
+        main(["-q", "prune", str(model), *args])
+        ev = {"base": str(model), "perplexity": {"pruned": 10 * (1 + kl), "base": 10.0, "ratio": 1 + kl}}
+        ev["data"] = {"source": str(root / "heldout.jsonl"), "n_tokens": 512, "short": True}
+        (out[name] / "eval.json").write_text(json.dumps({**ev, "kl_mean": kl, "top1_agreement": 1 - kl}))
+    return root / "stats", out
+
+
+@pytest.fixture(scope="module")
+def scored_report(
+    scored: tuple[Path, dict[str, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[Any]]:
+    """The report of the scored runs with their STATS (HTML), and every matplotlib figure drawn for it."""
+    from moeprune.report import plots
+
+    stats, runs = scored
+    drawn: list[Any] = []
+    png = plots._png
+    with pytest.MonkeyPatch.context() as m, warnings.catch_warnings():
+        warnings.filterwarnings("error", "constrained_layout not applied")  # axes squeezed to nothing
+        m.setattr(plots, "_png", lambda fig: (drawn.append(fig), png(fig))[1])
+        out = build_report(list(runs.values()), tmp_path_factory.mktemp("report") / "r.html", stats=stats)
+    return out.read_text(), drawn
+
+
+def _text(html: str) -> str:
+    return unescape(re.sub(r"<[^>]+>", " ", html))
+
+
+@needs_mpl
+def test_report_opens_with_the_answer_and_measures_stability(
+    scored: tuple[Path, dict[str, Path]], scored_report: tuple[str, list[Any]]
+) -> None:
+    from moeprune.scoring.stability import stability
+    from moeprune.scoring.stats import RoutingStats
+
+    stats = scored[0]
+    html = scored_report[0]
+    sections = re.findall(r"<h2>(.*?)</h2>", html)
+    assert sections[:2] == ["Which criterion lost least", "Selection stability"] and sections[-1] == "Runs"
+    lead = " ".join(_text(p) for p in re.findall(r'<p class="lead">(.*?)</p>', html, re.S))
+    assert lead.startswith("Base model: model (qwen3_moe, 8 routed experts in each of 3 MoE layers).")
+    assert (
+        "Removing 2 of 8 experts per layer (25%), man lost least by both measures: KL 0.01 (next: gean 0.02, " in lead
+    )
+    assert "2.0× as much; random: 0.1, 10.0× as much)" in lead and "perplexity ×1.010" in lead
+    assert "Removing 4 of 8 experts per layer (50%), gean lost least by both measures: KL 0.04 (next: man 0.08" in lead
+
+    # stability: every statistics criterion at each of its plan sizes, the same numbers as scoring/stability.py
+    routing = RoutingStats.load(stats)
+    rows = [r for r in re.findall(r"<tr>(.*?)</tr>", html) if "experts pruned per layer</td><td>0." in r]
+    cells = [re.findall(r"<td>(.*?)</td>", r) for r in rows]
+    assert [(c[0], c[1]) for c in cells] == [
+        ("man", "2 of 8 experts pruned per layer"),
+        ("gean", "2 of 8 experts pruned per layer"),
+        ("msan", "2 of 8 experts pruned per layer"),
+        ("man", "4 of 8 experts pruned per layer"),
+        ("gean", "4 of 8 experts pruned per layer"),
+    ]
+    for c in cells:
+        s = stability(routing, [c[0]], 2 if c[1].startswith("2") else 4)[0]
+        assert c[2] == f"{s.overall:.3f}" and c[4] == f"{s.halves_overall:.3f}" and c[6] == f"{s.random:.3f}"
+    assert "man's selection: mean Jaccard" in lead
+    assert "random read no calibration data" not in html  # random is not a weight criterion to vouch for
+    assert "Selection stability by the share of the calibration data" in _titles(html)
+    # the recommendation beside what was measured
+    assert "What the selection principle recommends (arXiv 2606.15716)" in html
+    assert "<td>task-agnostic</td><td>man or msan</td>" in html and "man: 1st of 4 by KL at 2 of 8" in html
+    assert "msan: 3rd of 4 by KL at 2 of 8" in html
+    assert "gean: 1st of 2 by KL at 4 of 8" in html
+
+    # no temporary or absolute path anywhere on the page; data in words
+    page = re.sub(r"data:image/png;base64,[^\"]+", "", html)
+    assert str(stats.parent) not in page and "/tmp" not in page
+    assert "heldout.jsonl: 512 tokens (the source ran out before the tokens asked for)" in _text(html)
+    assert "short=True" not in html
+
+
+@needs_mpl
+def test_old_statistics_without_shards_say_why_there_is_no_stability(
+    scored: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    from moeprune.scoring.stats import RoutingStats
+
+    stats, runs = scored
+    old = tmp_path / "old"
+    shutil.copytree(stats, old)
+    routing = RoutingStats.load(old)
+    routing.shards = None
+    routing.save(old)
+    html = build_report([runs["man-25"], runs["gean-25"]], tmp_path / "r.html", stats=old).read_text()
+    assert "Selection stability" not in re.findall(r"<h2>(.*?)</h2>", html)
+    assert "no selection-stability section: these statistics were written without per-shard moments" in html
+
+
+@needs_mpl
+def test_single_run_report_with_stability(scored: tuple[Path, dict[str, Path]], tmp_path: Path, cli: Cli) -> None:
+    stats, runs = scored
+    out = tmp_path / "one.html"
+    r = cli("report", str(runs["gean-50"]), "--stats", str(stats), "-o", str(out))
+    assert r.code == 0, r
+    html = out.read_text()
+    lead = " ".join(_text(p) for p in re.findall(r'<p class="lead">(.*?)</p>', html, re.S))
+    assert re.match(r"\S+gean-50: gean pruned 4 of 8 experts in every MoE layer \(50%\) of model \(qwen3_moe", lead)
+    assert "Against the base model: KL 0.04, perplexity ×1.040. Its selection: mean Jaccard " in lead
+    assert [t.split(":")[0] for t in _titles(html)] == [
+        "Selection stability by the share of the calibration data",
+        "Scores per layer",
+        "Kept and pruned experts",
+    ]
+    # another model's statistics are refused before anything is drawn
+    r = cli("report", str(runs["gean-50"]), "--stats", str(tmp_path), "-o", str(tmp_path / "x.html"))
+    assert r.code == 2 and r.err.count("\n") == 1, r
+
+
+@needs_mpl
+def test_a_folder_given_twice_is_shown_once(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = build_report([runs["aimer"], runs["aimer"], runs["magnitude"]], tmp_path / "r.html")
+    html = out.read_text()
+    page = re.sub(r"data:image/png;base64,[^\"]+", "", html)
+    assert "(2)" not in page and "//" not in page
+    assert "aimer was given more than once: shown once" in html
+    assert html.count("<td>aimer</td><td>aimer</td><td>higher pruned</td>") == 1  # one row in the runs table
+
+
+@needs_mpl
+def test_every_figure_renders_its_full_title_inside_the_image(scored_report: tuple[str, list[Any]]) -> None:
+    """Text extents measured by matplotlib, not by eye: everything drawn (titles, axis labels, legends,
+    tick labels) lies inside its figure, and the drawn title (lines joined) is the figure's full title;
+    with run names of 50 characters, in every kind of figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    html, drawn = scored_report
+    titles = _titles(html)
+    kinds = {re.sub(r"[:,].*", "", t) for t in titles}
+    assert kinds == {
+        "Selection stability by the share of the calibration data",
+        "Evaluation by criterion and plan size",
+        "Agreement between runs",  # the matrix of the four 25 % runs
+        "Agreement of pruned experts per layer (Jaccard index)",  # the two 50 % runs
+        "Agreement of expert scores per layer (Spearman correlation)",
+        "Scores per layer",
+        "Kept and pruned experts",
+    }
+    assert len(drawn) == len(titles)
+    for fig, full in zip(drawn, titles, strict=True):
+        FigureCanvasAgg(fig).draw()
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        inside = fig.get_tightbbox(renderer)  # inches: everything drawn (titles, labels, ticks, legends)
+        width, height = fig.get_size_inches()
+        assert inside.x0 >= -0.01 and inside.y0 >= -0.01, full
+        assert inside.x1 <= width + 0.01 and inside.y1 <= height + 0.01, full
+        title = fig._suptitle.get_window_extent(renderer)  # type: ignore[union-attr]
+        assert title.x0 >= 0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1, full
+        assert fig._suptitle is not None and " ".join(fig._suptitle.get_text().split()) == " ".join(full.split())

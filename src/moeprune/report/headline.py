@@ -37,8 +37,8 @@ class Best:
 def model_line(runs: list[Run], stats_model: str | None = None) -> str:
     """``tiny-moe (qwen3_moe, 16 routed experts in each of 4 MoE layers)``."""
     first = runs[0]
-    source = getattr(first.plan, "source", None)
-    name = getattr(source, "model", None) or next(
+    source = first.plan.source
+    name = (source.model if source is not None else None) or next(
         (get(r.eval, "base") for r in runs if isinstance(get(r.eval, "base"), str)), None
     )
     name = display(str(name or stats_model or "the base model"))
@@ -71,10 +71,14 @@ def _value(metric: str, v: float) -> str:
 
 def _margin(metric: str, b: Best, other: tuple[Run, float], runs: list[Run]) -> str:
     r, v = other
+    name = "" if r.plan.criterion == "random" else f"{_label(r, runs)} "
     if metric == "kl":
-        more = f"{v / b.value:.2g}× as much" if b.value > 0 else f"+{v - b.value:.3g}"
-        return f"{_label(r, runs)} {v:.3g}, {more}"
-    return f"{_label(r, runs)} ×{v:.3f}, +{(v - b.value) * 100:.1f} points"
+        if b.value <= 0:
+            more = f"+{v - b.value:.3g}"
+        else:
+            more = f"+{(v / b.value - 1) * 100:.0f}%" if v < 1.5 * b.value else f"{v / b.value:.1f}× as much"
+        return f"{name}{v:.3g}, {more}"
+    return f"{name}×{v:.3f}, +{(v - b.value) * 100:.1f} points"
 
 
 def _phrase(b: Best, runs: list[Run]) -> str:
@@ -98,6 +102,13 @@ def stability_words(criterion: str, size: tuple[int, int], stab: Stabilities | N
         f"mean Jaccard {s.overall:.2f} against the full-data selection on resampled calibration data "
         f"(random: {s.random:.2f})"
     )
+
+
+def _short_stability(criterion: str, size: tuple[int, int], stab: Stabilities | None) -> str:
+    if stats_criterion(criterion) is None:
+        return "1 by construction (no calibration data)" if criterion != "random" else ""
+    s = (stab or {}).get((criterion, size))
+    return "" if s is None else f"{s.overall:.2f} (random selections: {s.random:.2f})"
 
 
 def headline(runs: list[Run], stab: Stabilities | None, stats_model: str | None = None) -> list[Text | Table]:
@@ -134,7 +145,7 @@ def headline(runs: list[Run], stab: Stabilities | None, stats_model: str | None 
                 size_label(g.size),
                 f"{_label(kl.run, g.runs)}: {_phrase(kl, g.runs)}" if kl else DASH,
                 f"{_label(ppl.run, g.runs)}: {_phrase(ppl, g.runs)}" if ppl else DASH,
-                words or DASH,
+                _short_stability(winner.plan.criterion, g.size, stab) or DASH,
             ]
         )
     if not rows:
@@ -143,14 +154,14 @@ def headline(runs: list[Run], stab: Stabilities | None, stats_model: str | None 
             "criteria by KL and perplexity."
         )
         return [Text(" ".join(sentences), lead=True)]
-    sentences.append("Lower is better for both: KL is the mean per-token divergence from the base model's predictions.")
+    sentences[-1] += " Lower is better for both: KL is the mean per-token divergence from the base model's predictions."
     header = [
         "plan size",
         "lowest KL (margins)",
         "lowest perplexity ratio (margins)",
-        "stability of the lowest-KL choice",
+        "stability of the lowest-KL choice (mean Jaccard on resampled data)",
     ]
-    return [Text(" ".join(sentences), lead=True), Table("", header, rows)]
+    return [*[Text(t, lead=True) for t in sentences], Table("", header, rows)]
 
 
 def _single(run: Run, about: str, stab: Stabilities | None) -> str:

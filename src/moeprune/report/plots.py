@@ -78,6 +78,11 @@ def wrap(title: str, width_in: float, size: float = 12.0) -> str:
     return "\n".join(textwrap.fill(part, chars, break_on_hyphens=False) for part in title.split("\n"))
 
 
+def short(text: str, chars: int = 36) -> str:
+    """A legend or tick label broken into lines of at most ``chars`` characters (long run names)."""
+    return textwrap.fill(text, chars, break_on_hyphens=False, break_long_words=True)
+
+
 def title(fig: Figure, text: str, size: float = 12.0) -> None:
     """The figure's title over its whole width, wrapped to fit it."""
     fig.suptitle(wrap(text, fig.get_figwidth() - 0.3, size), fontsize=size)
@@ -177,7 +182,7 @@ def score_plot(
         from matplotlib.patches import Patch
 
         n_layers = len(layers)
-        fig = _figure(_clamp(3.0 + 0.3 * n_layers, 6.5, 18.0), 4.8)
+        fig = _figure(_clamp(3.0 + 0.3 * n_layers, 6.5, 18.0), 3.9)
         ax = fig.add_subplot()
         data = [np.asarray(scores.get(layer, []), dtype=np.float64) for layer in layers]
         finite = [d[np.isfinite(d)] for d in data]
@@ -224,7 +229,7 @@ def score_plot(
                 s, alpha = size * 1.2, 0.85
             ax.scatter(xs, ys, s=s, c=colour, marker=marker, alpha=alpha, linewidths=0, zorder=z)
             legend_size = 30 if who == () else 40
-            label = f"{_category(who, runs)} ({len(ys)})"
+            label = short(f"{_category(who, runs)} ({len(ys)})")
             handles[who] = ax.scatter([], [], s=legend_size, c=colour, marker=marker, label=label)
         if log:
             ax.set_yscale("log")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moeprune.report.plots import LINESTYLES, MARKERS, OKABE_ITO, Plot, _clamp, _figure, _render, _ticks, title
+from moeprune.report.plots import LINESTYLES, MARKERS, OKABE_ITO, Plot, _clamp, _figure, _render, _ticks, short, title
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,7 +40,6 @@ def agreement_plot(
         if jac
         else "Agreement of expert scores per layer (Spearman correlation)"
     )
-    drawn = f"{heading}\n{group}" if group else heading
     heading = f"{heading}: {group}" if group else heading
     ylabel = "Jaccard index of pruned sets" if jac else "Spearman ρ of scores"
     lo, hi = (0.0, 1.0) if jac else (-1.0, 1.0)
@@ -59,7 +58,7 @@ def agreement_plot(
                 marker=MARKERS[i % len(MARKERS)] if marker else None,
                 markersize=5,
                 linewidth=1.6,
-                label=label,
+                label=short(label, 48),
             )
         if baseline is not None:
             ax.axhline(baseline, color="#777777", linestyle=(0, (2, 2)), linewidth=1.0, label="random selection")
@@ -72,9 +71,9 @@ def agreement_plot(
         ax.set_xlim(layers[0] - 0.7, layers[-1] + 0.7)
         ax.set_ylabel(ylabel)
         ax.grid(color="#E5E5E5", linewidth=0.6)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8 if len(series) > 2 else 9)
         ax.set_xlabel("MoE layer")
-        title(fig, drawn)
+        title(fig, heading)
         return fig
 
     return Plot(name, heading, _render(draw))
@@ -108,7 +107,7 @@ def matrix_plot(
         from matplotlib import colormaps
         from matplotlib.colors import ListedColormap
 
-        side = _clamp(2.8 + 0.5 * n, 6.0, 18.0)
+        side = _clamp(2.8 + 0.4 * n, 6.0, 16.0)
         fig = _figure(side + 2.4, side)
         ax = fig.add_subplot()
         below = np.tril(np.ones((n, n), dtype=bool), -1)
@@ -131,8 +130,8 @@ def matrix_plot(
                         continue
                     rgba = cmap_lo(v) if i > j else cmap_up((v + 1.0) / 2.0)
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=size, color=_ink(rgba))
-        ax.set_xticks(range(n), list(labels), rotation=45, ha="right", rotation_mode="anchor")
-        ax.set_yticks(range(n), list(labels))
+        ax.set_xticks(range(n), [short(x, 28) for x in labels], rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(range(n), [short(x, 28) for x in labels])
         ax.set_xticks(np.arange(-0.5, n, 1.0), minor=True)
         ax.set_yticks(np.arange(-0.5, n, 1.0), minor=True)
         ax.grid(which="minor", color="#FFFFFF", linewidth=1.5)
@@ -203,7 +202,7 @@ def eval_plot(
                 ax.set_xlim(min(lo, unpruned - pad), max(hi, unpruned + pad))
             ax.set_xlabel(label)
             ax.grid(color="#E5E5E5", linewidth=0.6, zorder=0)
-        axes[0].set_yticks(range(n), list(rows))
+        axes[0].set_yticks(range(n), [short(r, 30) for r in rows])
         axes[0].set_ylim(n - 0.5, -0.5)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False)

@@ -33,6 +33,7 @@ figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}
 .note{font-size:.88em;color:#555}
 .lead{font-size:1.08em;background:#f4f7fb;border-left:4px solid #0072B2;padding:.7em 1em}
 details{margin:.6em 0}summary{cursor:pointer;color:#333}
+@media (max-width:640px){body{margin:1em auto;padding:0 .6em}h1{font-size:1.35em}table{font-size:.85em}}
 """
 
 

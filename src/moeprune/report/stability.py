@@ -30,8 +30,7 @@ def load_stats(path: str | os.PathLike[str], runs: list[Run]) -> RoutingStats:
     plans record it, the same model."""
     stats = RoutingStats.load(path)
     for r in runs:
-        source = getattr(r.plan, "source", None)
-        mine = getattr(source, "fingerprint", None)
+        mine = r.plan.source.fingerprint if r.plan.source is not None else None
         theirs = stats.meta.get("model_fingerprint")
         if r.plan.n_experts != stats.n_experts or not set(stats.layers) <= set(r.plan.layers):
             raise InputError(
