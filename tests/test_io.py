@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from moeprune.errors import InputError, OutputError
 from moeprune.io.format import PAGE, encode_header, read_header
 from moeprune.io.writer import OutTensor, atomic_folder, parse_size, split_shards, write_checkpoint
-from moeprune.scoring.weights import WEIGHT_CRITERIA
+from moeprune.scoring.criteria import WEIGHT_CRITERIA
 
 # --- helpers ---------------------------------------------------------------------------------------
 

@@ -216,7 +216,7 @@ def test_cli_progress_bars_from_two_threads(capsys: pytest.CaptureFixture[str]) 
     stage's bar is closed at once (its clock stops), a later pass of the stage gets a new one."""
     from moeprune.cli import _Progress
 
-    bars = _Progress(quiet=False)
+    bars = _Progress(quiet=False, live=True)
 
     def feed(stage: str) -> None:
         for _ in range(200):

@@ -25,7 +25,7 @@ from moeprune.plan import (
     rank_for_pruning,
     select,
 )
-from moeprune.scoring.weights import WEIGHT_CRITERIA, Moments, score_layers
+from moeprune.scoring.criteria import WEIGHT_CRITERIA, WeightMoments, score_layers
 
 # --- n_to_prune: the rounding rule ---------------------------------------------------------------
 
@@ -323,20 +323,20 @@ def test_select_negated_scores_in_the_other_direction_agree(case: tuple[list[flo
 
 
 def _random(layers: list[int], seed: int, n: int = 8) -> dict[int, list[float]]:
-    return score_layers({i: Moments.zeros(n) for i in layers}, "random", seed)
+    return score_layers({i: WeightMoments.zeros(n) for i in layers}, "random", seed)
 
 
 def test_random_is_seeded_by_seed_and_layer() -> None:
     c = WEIGHT_CRITERIA["random"]
     assert c.direction == LOWER_PRUNED
     assert not c.needs_weights
-    a = c.score(Moments.zeros(8), 3, 0)
-    assert a == c.score(Moments.zeros(8), 3, 0)
+    a = c.score(WeightMoments.zeros(8), 3, 0)
+    assert a == c.score(WeightMoments.zeros(8), 3, 0)
     assert len(a) == 8 and len(set(a)) == 8
     assert all(0.0 <= v < 1.0 for v in a)
-    assert a != c.score(Moments.zeros(8), 3, 1)  # another seed
-    assert a != c.score(Moments.zeros(8), 4, 0)  # another layer
-    assert c.score(Moments.zeros(8), 1, 2) != c.score(Moments.zeros(8), 2, 1)  # (seed, layer) is ordered
+    assert a != c.score(WeightMoments.zeros(8), 3, 1)  # another seed
+    assert a != c.score(WeightMoments.zeros(8), 4, 0)  # another layer
+    assert c.score(WeightMoments.zeros(8), 1, 2) != c.score(WeightMoments.zeros(8), 2, 1)  # (seed, layer) is ordered
 
 
 def test_random_is_independent_of_layer_order_and_of_other_layers() -> None:
@@ -348,8 +348,8 @@ def test_random_is_independent_of_layer_order_and_of_other_layers() -> None:
 
 
 def test_random_does_not_depend_on_the_weights() -> None:
-    m = Moments(np.full(8, 10.0), np.arange(8.0), np.arange(8.0) ** 2)
-    assert WEIGHT_CRITERIA["random"].score(m, 2, 9) == WEIGHT_CRITERIA["random"].score(Moments.zeros(8), 2, 9)
+    m = WeightMoments(np.full(8, 10.0), np.arange(8.0), np.arange(8.0) ** 2)
+    assert WEIGHT_CRITERIA["random"].score(m, 2, 9) == WEIGHT_CRITERIA["random"].score(WeightMoments.zeros(8), 2, 9)
 
 
 def test_random_selection_varies_with_seed() -> None:

@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 import moeprune.scoring.weights as W
 from moeprune.api import open_model
 from moeprune.errors import InputError
-from moeprune.scoring.weights import WEIGHT_CRITERIA, accumulate, layer_moments, score_layers, weight_moments
+from moeprune.scoring.criteria import WEIGHT_CRITERIA, WeightMoments, score_layers
+from moeprune.scoring.weights import accumulate, layer_moments, weight_moments
 
 RTOL = 1e-12
 """sum w^2 (every dtype) and sum |w| of fp32/fp64: exact values summed in float64."""
@@ -207,7 +208,7 @@ def _per_expert_checkpoint(folder: Path, dtype: str, zero: int = 3) -> dict[int,
     return pooled
 
 
-def _check(moments: dict[int, W.Moments], pooled: dict[int, np.ndarray], half: bool) -> None:
+def _check(moments: dict[int, WeightMoments], pooled: dict[int, np.ndarray], half: bool) -> None:
     for i, m in moments.items():
         for j in range(E):
             v = pooled[i * E + j]
@@ -341,14 +342,14 @@ def test_weight_moments_native_error_in_a_worker(tmp_path: Path, monkeypatch: py
 
 def test_aimer_and_magnitude_from_moments() -> None:
     """The criteria are the documented functions of the moments (n, sum|w|, sum w^2)."""
-    m = W.Moments([4.0, 4.0, 9.0], [4.0, 2.0, 0.0], [4.0, 2.0, 0.0])
+    m = WeightMoments([4.0, 4.0, 9.0], [4.0, 2.0, 0.0], [4.0, 2.0, 0.0])
     assert WEIGHT_CRITERIA["aimer"].score(m, 0, 0) == pytest.approx([1.0, 2 / math.sqrt(8), 0.0])
     assert WEIGHT_CRITERIA["magnitude"].score(m, 0, 0) == pytest.approx([1.0, 0.5, 0.0])
-    arrays = W.Moments(*(np.array(v) for v in (m.n, m.sum_abs, m.sum_sq)))  # numpy arrays do as well
+    arrays = WeightMoments(*(np.array(v) for v in (m.n, m.sum_abs, m.sum_sq)))  # numpy arrays do as well
     for name in ("aimer", "magnitude"):
         assert WEIGHT_CRITERIA[name].score(arrays, 0, 0) == WEIGHT_CRITERIA[name].score(m, 0, 0)
     # inf or NaN weights give a NaN score (refused by score_layers), never a quiet 0 (never pruned)
-    nan = W.Moments([4.0, 4.0], [math.nan, math.inf], [math.nan, math.inf])
+    nan = WeightMoments([4.0, 4.0], [math.nan, math.inf], [math.nan, math.inf])
     assert all(math.isnan(v) for v in WEIGHT_CRITERIA["aimer"].score(nan, 0, 0))
     with pytest.raises(InputError, match="layer 0, expert 0: its aimer score is not finite"):
         score_layers({0: nan}, "aimer")

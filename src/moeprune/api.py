@@ -26,8 +26,9 @@ from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, check_feasible
 from moeprune.provenance import check_source, source_of
 from moeprune.scores import Scores, ScoresFile, load_scores, save_scores
 from moeprune.scoring.background import ScoringPass
+from moeprune.scoring.criteria import WEIGHT_CRITERIA, score_layers
 from moeprune.scoring.unified import NAMED, stats_criterion
-from moeprune.scoring.weights import WEIGHT_CRITERIA, layer_bytes, score_layers, weight_moments
+from moeprune.scoring.weights import layer_bytes, weight_moments
 
 if TYPE_CHECKING:
     from moeprune.scoring.stats import RoutingStats
@@ -131,8 +132,8 @@ def _score(
     progress: Progress | None,
     stats: RoutingStats | None,
 ) -> dict[str, Scores]:
+    from moeprune.scoring.criteria import WeightMoments
     from moeprune.scoring.quant import is_quantized, quantized_moments
-    from moeprune.scoring.weights import Moments
 
     out: dict[str, Scores] = {}
     weight = [n for n in names if n in WEIGHT_CRITERIA]
@@ -143,7 +144,7 @@ def _score(
             total = sum(layer_bytes(ckpt, layer) for layer in moe.layers)
             moments = weight_moments(ckpt, moe, None if progress is None else lambda b: progress("score", b, total))
         else:
-            moments = {layer.index: Moments.zeros(moe.n_experts) for layer in moe.layers}
+            moments = {layer.index: WeightMoments.zeros(moe.n_experts) for layer in moe.layers}
         out |= {n: Scores(n, WEIGHT_CRITERIA[n].direction, score_layers(moments, n, seed)) for n in weight}
     for name in names:
         found = stats_criterion(name)

@@ -54,8 +54,9 @@ class _Progress:
     """tqdm bars keyed by stage, fed by the library's progress callback (from any thread: prune
     scores on one while it writes on another)."""
 
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
+    def __init__(self, quiet: bool, live: bool | None = None):
+        # no bars with -q, nor when stderr is not a terminal (no escape codes in logs)
+        self.quiet = quiet or not (sys.stderr.isatty() if live is None else live)
         self.bars: dict[str, Any] = {}
         self.lock = threading.Lock()
 
@@ -78,7 +79,6 @@ class _Progress:
                 unit_divisor=1024,
                 file=sys.stderr,
                 dynamic_ncols=True,
-                disable=None,  # bars on a terminal only: no escape codes in logs
             )
         bar.update(advance)
         if bar.total and bar.n >= bar.total:  # done: stop its clock (a later pass of the stage gets a new bar)

@@ -112,7 +112,7 @@ def _run(
     from moeprune.calib.engine import calibrate
     from moeprune.errors import VerificationError
     from moeprune.eval.perplexity import CachedLogits, eval_record, load_lm, score_tokens
-    from moeprune.scoring.weights import WEIGHT_CRITERIA
+    from moeprune.scoring.criteria import WEIGHT_CRITERIA
     from moeprune.verify import verify
 
     info = api.inspect(model)
@@ -120,7 +120,7 @@ def _run(
         f"[1/5] model: {info['family']}, {len(info['moe_layers'])} MoE layers x {info['experts']} routed experts, "
         f"top-{info['top_k']}, {info['total_bytes'] / 2**20:.1f} MiB ({model})"
     )
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     calib = load_tokens(model / CALIB_FILE, tokenizer, samples=-(-calib_tokens // seq_len), seq_len=seq_len, seed=0)
     held = load_tokens(
         model / HELDOUT_FILE, tokenizer, samples=-(-eval_tokens // seq_len), seq_len=seq_len, shuffle=False

@@ -21,7 +21,8 @@ from moeprune.errors import InputError
 from moeprune.gguf import ggml
 from moeprune.gguf.model import GgufModel, GgufTensor
 from moeprune.scoring import weights
-from moeprune.scoring.weights import Moments, accumulate
+from moeprune.scoring.criteria import WeightMoments
+from moeprune.scoring.weights import accumulate
 
 ROWS_BYTES = 8 << 20
 """Quantized bytes dequantized at once (the float32 copy is ~4-8x larger)."""
@@ -84,9 +85,9 @@ def slice_moments(model: GgufModel, t: GgufTensor, j: int, fds: dict[int, int]) 
     return n, sa, sq
 
 
-def gguf_moments(model: GgufModel, progress: Callable[[int], None] | None = None) -> dict[int, Moments]:
+def gguf_moments(model: GgufModel, progress: Callable[[int], None] | None = None) -> dict[int, WeightMoments]:
     """Moments of every MoE layer of ``model``, one expert slice per task on a few threads."""
-    out = {layer.index: Moments.zeros(model.n_experts) for layer in model.layers}
+    out = {layer.index: WeightMoments.zeros(model.n_experts) for layer in model.layers}
     work: list[Work] = [
         (layer.index, j, model.tensors[n])
         for layer in model.layers

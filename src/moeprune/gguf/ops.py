@@ -16,7 +16,7 @@ from moeprune.gguf.moments import expert_bytes, gguf_moments
 from moeprune.gguf.write import check_targets, output_paths, write_pruned
 from moeprune.io.paths import check_new, check_output
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, check_feasible, make_plan, n_to_prune
-from moeprune.scoring.weights import WEIGHT_CRITERIA, Moments, score_layers
+from moeprune.scoring.criteria import WEIGHT_CRITERIA, WeightMoments, score_layers
 
 if TYPE_CHECKING:
     from moeprune.api import Scores
@@ -72,7 +72,7 @@ def _score(m: GgufModel, names: list[str], seed: int, progress: Progress | None)
         total = expert_bytes(m)
         moments = gguf_moments(m, None if progress is None else lambda b: progress("score", b, total))
     else:
-        moments = {layer.index: Moments.zeros(m.n_experts) for layer in m.layers}
+        moments = {layer.index: WeightMoments.zeros(m.n_experts) for layer in m.layers}
     return {n: Scores(n, WEIGHT_CRITERIA[n].direction, score_layers(moments, n, seed)) for n in names}
 
 

@@ -24,7 +24,8 @@ from moeprune.arch.layout import MoeLayer, MoeModel
 from moeprune.errors import InputError
 from moeprune.io.reader import Checkpoint
 from moeprune.plan import LayerPlan, PrunePlan, select
-from moeprune.scoring.weights import WEIGHT_CRITERIA, Moments, layer_bytes, score_layers, weight_moments
+from moeprune.scoring.criteria import WEIGHT_CRITERIA, WeightMoments, score_layers
+from moeprune.scoring.weights import layer_bytes, weight_moments
 
 
 class _Stopped(Exception):
@@ -90,7 +91,7 @@ class ScoringPass:
             if self.progress is not None:
                 self.progress(nbytes, total)
 
-        def layer_done(i: int, m: Moments) -> None:
+        def layer_done(i: int, m: WeightMoments) -> None:
             scores = score_layers({i: m}, self.criterion.name, self.seed)[i]
             chosen = select(scores, self.criterion.direction, self.n_prune, self.model.groups)
             self._done[i].set_result((scores, chosen))

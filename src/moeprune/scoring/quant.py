@@ -101,14 +101,14 @@ def _plain(x: torch.Tensor) -> tuple[int, float, float]:
 
 
 def quantized_moments(ckpt: Checkpoint, model: MoeModel) -> dict[int, Any]:
-    """Pooled moments (``scoring.weights.Moments``) of every MoE layer of a checkpoint whose
+    """Pooled moments (``scoring.criteria.WeightMoments``) of every MoE layer of a checkpoint whose
     experts are FP8 block-scaled or MXFP4, computed on the dequantized values."""
-    from moeprune.scoring.weights import Moments
+    from moeprune.scoring.criteria import WeightMoments
 
     block_cfg = (model.config.get("quantization_config") or {}).get("weight_block_size")
     out: dict[int, Any] = {}
     for layer in model.layers:
-        m = Moments.zeros(model.n_experts)
+        m = WeightMoments.zeros(model.n_experts)
         items: list[tuple[int, str, bool, set[str]]] = [
             (j, name, False, set(names)) for j, names in layer.per_expert.items() for name in names
         ]

@@ -1,13 +1,8 @@
-"""Calibration-free criteria computed from expert weights alone, streamed from the checkpoint.
+"""The weight pass: every routed expert's pooled moments streamed from a safetensors checkpoint.
 
 One pass reads each routed expert's matrices (gate, up, down; biases excluded) once and
-accumulates, per expert, the pooled moments n, sum |w| and sum w^2 in float64. Every weight
-criterion is a function of those moments, so ``--criterion all`` costs one pass:
-
-- ``aimer``: mean|w| / sqrt(mean w^2) = sum|w| / sqrt(n * sum w^2); HIGH scores pruned
-  (arXiv 2603.18492). An all-zero expert scores 0.
-- ``magnitude``: mean |w|; LOW scores pruned.
-- ``random``: a uniform draw seeded by (seed, layer); LOW pruned (so p random experts go).
+accumulates, per expert, the pooled moments n, sum |w| and sum w^2 in float64
+(`scoring.criteria.WeightMoments`, from which every weight criterion is computed).
 
 The pass keeps every core busy: one worker thread per core (at most 8) takes runs of an
 expert's bytes (pieces of at most 16 MiB) and reduces them, releasing the GIL; the OS is asked to
@@ -44,15 +39,13 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from moeprune.arch.layout import MoeLayer, MoeModel, is_weight
-from moeprune.errors import InputError
 from moeprune.io.format import ITEMSIZE
 from moeprune.io.reader import Checkpoint
-from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED
+from moeprune.scoring.criteria import WeightMoments
 
 if TYPE_CHECKING:
     import numpy as np  # imported where used: the native path never loads numpy (~0.14 s of startup)
@@ -85,54 +78,6 @@ def _native_kernel() -> Any:
 _NATIVE = _native_kernel()
 """The one switch between the kernels (tests set it to None to run the numpy path)."""
 _NATIVE_DTYPES = frozenset({"BF16", "F16", "F32", "F64"})
-
-
-@dataclass
-class Moments:
-    """Pooled weight moments of every expert in one layer: sequences of E floats (lists here; any
-    indexable sequence, numpy arrays included, works with the criteria)."""
-
-    n: list[float]
-    sum_abs: list[float]
-    sum_sq: list[float]
-
-    @classmethod
-    def zeros(cls, n_experts: int) -> Moments:
-        return cls([0.0] * n_experts, [0.0] * n_experts, [0.0] * n_experts)
-
-
-@dataclass(frozen=True)
-class WeightCriterion:
-    name: str
-    direction: str
-    needs_weights: bool
-    score: Callable[[Moments, int, int], list[float]]
-    """(moments of one layer, layer index, seed) -> one score per expert."""
-    doc: str
-
-
-def _aimer(m: Moments, layer: int, seed: int) -> list[float]:
-    return [float(a / math.sqrt(n * q)) if q != 0 else 0.0 for n, a, q in zip(m.n, m.sum_abs, m.sum_sq, strict=True)]
-
-
-def _magnitude(m: Moments, layer: int, seed: int) -> list[float]:
-    return [float(a / max(n, 1)) for n, a in zip(m.n, m.sum_abs, strict=True)]
-
-
-def _random(m: Moments, layer: int, seed: int) -> list[float]:
-    import numpy as np
-
-    return [float(v) for v in np.random.default_rng([seed, layer]).random(len(m.n))]
-
-
-WEIGHT_CRITERIA: dict[str, WeightCriterion] = {
-    c.name: c
-    for c in [
-        WeightCriterion("aimer", HIGHER_PRUNED, True, _aimer, "mean|w| / RMS(w) over pooled gate/up/down"),
-        WeightCriterion("magnitude", LOWER_PRUNED, True, _magnitude, "mean |w| over pooled gate/up/down"),
-        WeightCriterion("random", LOWER_PRUNED, False, _random, "uniform random, seeded by (seed, layer)"),
-    ]
-}
 
 
 def accumulate(x: Any) -> tuple[float, float]:
@@ -271,8 +216,15 @@ def _raw_sums(dtype: str, raw: bytearray, nbytes: int, s: _Scratch) -> tuple[flo
     return sa, sq
 
 
-Piece = tuple[int, Path, int, int, str]
-"""(expert, file, absolute start, bytes, dtype): a run of one expert's pooled weight bytes."""
+class Piece(NamedTuple):
+    """A run of one expert's pooled weight bytes."""
+
+    expert: int
+    file: Path
+    start: int
+    """Absolute offset in ``file``."""
+    nbytes: int
+    dtype: str
 
 
 def _pieces(ckpt: Checkpoint, model: MoeModel, layer: MoeLayer) -> list[Piece]:
@@ -283,26 +235,26 @@ def _pieces(ckpt: Checkpoint, model: MoeModel, layer: MoeLayer) -> list[Piece]:
         for name in names:
             if is_weight(name):
                 info = ckpt.info(name)
-                spans.append((j, info.file, info.start, info.nbytes, info.dtype))
+                spans.append(Piece(j, info.file, info.start, info.nbytes, info.dtype))
     for name in layer.fused:
         if is_weight(name):
             info = ckpt.info(name)
             per = info.nbytes // model.n_experts
-            spans += [(j, info.file, info.start + j * per, per, info.dtype) for j in range(model.n_experts)]
-    spans.sort(key=lambda p: (str(p[1]), p[2]))
+            spans += [Piece(j, info.file, info.start + j * per, per, info.dtype) for j in range(model.n_experts)]
+    spans.sort(key=lambda p: (str(p.file), p.start))
     merged: list[Piece] = []
     for p in spans:
         if merged:
             j, file, start, nbytes, dtype = merged[-1]
-            if (j, file, dtype) == (p[0], p[1], p[4]) and start + nbytes == p[2]:
-                merged[-1] = (j, file, start, nbytes + p[3], dtype)
+            if (j, file, dtype) == (p.expert, p.file, p.dtype) and start + nbytes == p.start:
+                merged[-1] = Piece(j, file, start, nbytes + p.nbytes, dtype)
                 continue
         merged.append(p)
     out: list[Piece] = []
     for j, file, start, nbytes, dtype in merged:
         chunk = _chunk(dtype)
         step = max(chunk, PIECE_BYTES - PIECE_BYTES % chunk)
-        out += [(j, file, start + lo, min(step, nbytes - lo), dtype) for lo in range(0, nbytes, step)]
+        out += [Piece(j, file, start + lo, min(step, nbytes - lo), dtype) for lo in range(0, nbytes, step)]
     return out
 
 
@@ -361,10 +313,10 @@ def _stream(
     def prefetch(i: int) -> None:
         nonlocal ahead, window
         while ahead < len(pieces) and (ahead <= i or window < PREFETCH_BYTES):
-            _, (_, file, start, nbytes, _) = pieces[ahead]
-            ckpt.prefetch(file, start, nbytes)
-            ahead, window = ahead + 1, window + nbytes
-        window -= pieces[i][1][3]
+            next_piece = pieces[ahead][1]
+            ckpt.prefetch(next_piece.file, next_piece.start, next_piece.nbytes)
+            ahead, window = ahead + 1, window + next_piece.nbytes
+        window -= pieces[i][1].nbytes
 
     if pool is None:
         for i, (tag, piece) in enumerate(pieces):
@@ -390,12 +342,12 @@ def _stream(
 
 def layer_moments(
     ckpt: Checkpoint, model: MoeModel, layer: MoeLayer, pool: ThreadPoolExecutor | None = None
-) -> Moments:
+) -> WeightMoments:
     """Stream one layer's expert weights and return their pooled moments."""
-    m = Moments.zeros(model.n_experts)
+    m = WeightMoments.zeros(model.n_experts)
 
     def done(_: Any, piece: Piece, r: tuple[int, float, float]) -> None:
-        j = piece[0]
+        j = piece.expert
         m.n[j] += r[0]
         m.sum_abs[j] += r[1]
         m.sum_sq[j] += r[2]
@@ -410,14 +362,14 @@ def weight_moments(
     progress: Callable[[int], None] | None = None,
     *,
     layers: Sequence[MoeLayer] | None = None,
-    layer_done: Callable[[int, Moments], None] | None = None,
-) -> dict[int, Moments]:
+    layer_done: Callable[[int, WeightMoments], None] | None = None,
+) -> dict[int, WeightMoments]:
     """Moments of every MoE layer (or of ``layers``, in that order), in one stream over all of
     them; ``progress(bytes)`` is called as data is consumed and ``layer_done(layer index,
     moments)`` as soon as a layer is complete (both on the calling thread; an exception raised by
     either stops the pass)."""
     layers = model.layers if layers is None else layers
-    out = {layer.index: Moments.zeros(model.n_experts) for layer in layers}
+    out = {layer.index: WeightMoments.zeros(model.n_experts) for layer in layers}
     work = [(layer.index, p) for layer in layers for p in _pieces(ckpt, model, layer)]
     left = Counter(i for i, _ in work)
     if layer_done is not None:
@@ -426,12 +378,12 @@ def weight_moments(
                 layer_done(i, out[i])
 
     def done(i: int, piece: Piece, r: tuple[int, float, float]) -> None:
-        m, j = out[i], piece[0]
+        m, j = out[i], piece.expert
         m.n[j] += r[0]
         m.sum_abs[j] += r[1]
         m.sum_sq[j] += r[2]
         if progress is not None:
-            progress(piece[3])
+            progress(piece.nbytes)
         left[i] -= 1
         if not left[i] and layer_done is not None:
             layer_done(i, m)
@@ -448,13 +400,3 @@ def weight_moments(
 def layer_bytes(ckpt: Checkpoint, layer: MoeLayer) -> int:
     names = [n for names in layer.per_expert.values() for n in names] + layer.fused
     return sum(ckpt.info(n).nbytes for n in names if is_weight(n))
-
-
-def score_layers(moments: dict[int, Moments], criterion: str, seed: int = 0) -> dict[int, list[float]]:
-    c = WEIGHT_CRITERIA[criterion]
-    scores = {i: c.score(m, i, seed) for i, m in moments.items()}
-    for i, s in scores.items():
-        bad = next((j for j, v in enumerate(s) if not math.isfinite(v)), None)
-        if bad is not None:
-            raise InputError(f"layer {i}, expert {bad}: its {criterion} score is not finite (inf or NaN in weights)")
-    return scores
