@@ -23,6 +23,7 @@ from moeprune.io.reader import Checkpoint
 from moeprune.io.writer import atomic_folder, parse_size, write_checkpoint
 from moeprune.loading import open_model
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, check_feasible, make_plan, n_to_prune
+from moeprune.progress import Progress
 from moeprune.provenance import check_source, source_of
 from moeprune.scores import Scores, ScoresFile, load_scores, save_scores
 from moeprune.scoring.background import ScoringPass
@@ -33,8 +34,6 @@ from moeprune.scoring.weights import layer_bytes, weight_moments
 if TYPE_CHECKING:
     from moeprune.scoring.stats import RoutingStats
 
-Progress = Callable[[str, int, int], None]
-"""progress(stage, done_bytes_increment, total_bytes)."""
 
 CRITERIA: dict[str, str] = {
     **{name: c.doc for name, c in WEIGHT_CRITERIA.items()},

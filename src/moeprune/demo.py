@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.errors import InputError
+from moeprune.progress import Progress
 
 BUNDLED = Path(__file__).resolve().parent / "data" / "tiny-moe"
 """The bundled model's folder."""
@@ -49,7 +50,6 @@ CALIB_FILE, HELDOUT_FILE = "calib.jsonl", "heldout.jsonl"
 """The demo's text, beside the model: one source file per record, never seen in training."""
 
 Say = Callable[[str], None]
-Progress = Callable[[str, int, int], None]
 
 
 def run_demo(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,9 @@ from moeprune.calib.hooks import Observer
 from moeprune.calib.skeleton import Skeleton
 from moeprune.errors import InputError
 from moeprune.loading import open_model
+from moeprune.progress import Progress
 from moeprune.scoring.stats import RoutingStats, model_fingerprint
 
-Progress = Callable[[str, int, int], None]
 CACHE = ".activations"
 
 

@@ -21,9 +21,8 @@ from moeprune.io.jsonfile import loads
 from moeprune.io.paths import atomic_dir, check_output, deferred_signals
 from moeprune.io.reader import resolve
 from moeprune.loading import load_tokenizer, text_limits
+from moeprune.progress import Progress
 from moeprune.scoring.stats import RoutingStats
-
-Progress = Callable[[str, int, int], None]
 
 TOKEN_FILES = (".npy", ".safetensors")
 """Data sources that are token ids already (used exactly as given, no tokenizer)."""

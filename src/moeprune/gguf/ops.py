@@ -5,7 +5,6 @@ criteria math (`moeprune.scoring.weights`) and the same plan files, on GGUF file
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +15,11 @@ from moeprune.gguf.moments import expert_bytes, gguf_moments
 from moeprune.gguf.write import check_targets, output_paths, write_pruned
 from moeprune.io.paths import check_new, check_output
 from moeprune.plan import HIGHER_PRUNED, LOWER_PRUNED, PrunePlan, check_feasible, make_plan, n_to_prune
+from moeprune.progress import Progress
 from moeprune.scoring.criteria import WEIGHT_CRITERIA, WeightMoments, score_layers
 
 if TYPE_CHECKING:
     from moeprune.api import Scores
-
-Progress = Callable[[str, int, int], None]
 
 
 def is_gguf(model: str | os.PathLike[str]) -> bool:
