@@ -39,50 +39,58 @@ def expert_bytes(model: GgufModel) -> int:
     return sum(model.tensors[n].nbytes for layer in model.layers for n in layer.pooled)
 
 
-def _slice(model: GgufModel, t: GgufTensor, j: int) -> Any:
-    """Expert ``j``'s bytes of tensor ``t`` as a uint8 memmap view ``(rows, row bytes)``."""
-    per = t.nbytes // model.n_experts
-    rows = t.shape[1] if len(t.shape) == 3 else 1
-    data = model.readers[t.shard].data  # the whole file, mapped
-    return data[t.offset + j * per : t.offset + (j + 1) * per].reshape(rows, per // rows)
+def _rows(fd: int, offset: int, rows: int, row_bytes: int) -> Any:
+    """``rows`` rows of ``row_bytes`` read at ``offset`` (pread: the file is never mapped, so
+    memory stays a few chunks whatever the file size), as uint8 ``(rows, row_bytes)``."""
+    import numpy as np
+
+    buf = bytearray(rows * row_bytes)
+    view, done = memoryview(buf), 0
+    while done < len(buf):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise InputError("the GGUF file ended early (changed while reading?)")
+        done += got
+    return np.frombuffer(buf, np.uint8).reshape(rows, row_bytes)
 
 
 def slice_moments(model: GgufModel, t: GgufTensor, j: int, fds: dict[int, int]) -> tuple[int, float, float]:
-    """(values, sum |w|, sum w^2) of expert ``j`` in weight tensor ``t``."""
+    """(values, sum |w|, sum w^2) of expert ``j`` in weight tensor ``t``, read ROWS_BYTES at a time."""
     import numpy as np
     from gguf.quants import dequantize
 
-    n = 1
-    for d in t.shape[1:]:
-        n *= d
+    per = t.nbytes // model.n_experts
     kind = PLAIN.get(t.qtype.name)
     if kind is not None and weights._NATIVE is not None:
-        per = t.nbytes // model.n_experts
         r = weights._NATIVE.moments(fds[t.shard], t.offset + j * per, per, kind)
         return int(r[0]), float(r[1]), float(r[2])
-    raw = _slice(model, t, j)
-    if kind == "F32":
-        return (n, *accumulate(raw.view(np.float32)))
-    if kind == "F16":
-        return (n, *accumulate(raw.view(np.float16)))
-    if kind == "BF16":  # widened exactly: a bf16 is the top half of a float32
-        return (n, *accumulate((raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)))
-    sa = sq = 0.0
-    step = max(1, ROWS_BYTES // max(1, raw.shape[1]))
+    rows = t.shape[1] if len(t.shape) == 3 else 1
+    row_bytes, ne0 = per // rows, t.shape[-1]
+    step = max(1, ROWS_BYTES // max(1, row_bytes))
     fast = ggml.dequantizer(t.qtype.name) if USE_GGML else None
-    ne0 = t.shape[-1]
-    try:
-        for lo in range(0, raw.shape[0], step):
-            part = raw[lo : lo + step]
-            x = fast(part, part.shape[0] * ne0) if fast else dequantize(part, t.qtype)  # (rows * ne0,) float32
-            a, b = accumulate(x)
-            sa += a
-            sq += b
-    except NotImplementedError:
-        raise InputError(
-            f"tensor {t.name!r}: gguf-py cannot dequantize {t.qtype.name}, so it cannot be scored"
-        ) from None
-    return n, sa, sq
+    sa = sq = 0.0
+    for lo in range(0, rows, step):
+        k = min(step, rows - lo)
+        raw = _rows(fds[t.shard], t.offset + j * per + lo * row_bytes, k, row_bytes)
+        if kind == "F32":
+            x = raw.view(np.float32)
+        elif kind == "F16":
+            x = raw.view(np.float16)
+        elif kind == "BF16":  # widened exactly: a bf16 is the top half of a float32
+            x = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        elif fast is not None:
+            x = fast(raw, k * ne0)
+        else:
+            try:
+                x = dequantize(raw, t.qtype)  # (k, ne0) float32
+            except NotImplementedError:
+                raise InputError(
+                    f"tensor {t.name!r}: gguf-py cannot dequantize {t.qtype.name}, so it cannot be scored"
+                ) from None
+        a, b = accumulate(x)
+        sa += a
+        sq += b
+    return rows * ne0, sa, sq
 
 
 def gguf_moments(model: GgufModel, progress: Callable[[int], None] | None = None) -> dict[int, WeightMoments]:
