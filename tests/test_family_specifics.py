@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from moeprune.arch import FAMILIES
 from moeprune.arch.layout import MoeModel, describe
+from moeprune.errors import InputError
 from moeprune.io.reader import Checkpoint
 from test_calib_reference import ATOL, RTOL, build_reference, token_batch
 
@@ -188,3 +189,30 @@ def test_fp8_experts_keep_their_scales_and_verify(
                     assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
     r = cli("verify", str(src), str(out))  # transformers dequantizes FP8 on CPU
     assert r.code == 0, r
+
+
+# --- hub configs without the lists transformers writes ----------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "exaone_moe", "kimi_linear"])
+def test_hub_config_without_mlp_layer_types_finds_the_same_moe_layers(
+    family: str, tiny: Callable[..., Path], tmp_path: Path
+) -> None:
+    """transformers writes ``mlp_layer_types``; the hub's original configs do not, and then the
+    family's older rule (``first_k_dense_replace``) must name the same layers. A list that disagrees
+    with the weights is refused."""
+    src = tiny(family)
+    moe = [layer.index for layer in describe_tiny(src).layers]
+    assert moe and moe != list(range(json.loads((src / "config.json").read_text())["num_hidden_layers"]))
+
+    hub = tmp_path / "hub"
+    shutil.copytree(src, hub)
+    config = json.loads((hub / "config.json").read_text())
+    del config["mlp_layer_types"]
+    (hub / "config.json").write_text(json.dumps(config))
+    assert [layer.index for layer in describe_tiny(hub).layers] == moe
+
+    config["mlp_layer_types"] = ["sparse"] * config["num_hidden_layers"]  # layer 0 is dense in the weights
+    (hub / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="router weight"):
+        describe_tiny(hub)
