@@ -30,6 +30,7 @@ import torch
 
 from moeprune.calib.data import TokenBatch
 from moeprune.calib.hooks import Observer
+from moeprune.calib.memory import limit_kernel_cache
 from moeprune.calib.skeleton import Skeleton
 from moeprune.errors import InputError
 from moeprune.loading import open_model
@@ -117,6 +118,7 @@ def calibrate(
 ) -> RoutingStats:
     """Routing statistics of ``model`` on ``tokens``; written to the STATS folder ``out`` if given.
     ``dtype`` ``auto``: see `auto_dtype`."""
+    limit_kernel_cache()
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")

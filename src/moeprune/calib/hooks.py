@@ -141,7 +141,8 @@ class Observer:
             keep = valid[lo:hi].repeat_interleave(k)  # (n·k,)
             if keep.any():
                 shard = None if self.shard is None else self.shard[lo:hi].repeat_interleave(k)[keep.cpu()]
-                self.moments.add_pairs(ids[keep, 0], g[keep], f[keep].float().norm(dim=-1), shard)
+                norm = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32)  # (n·k,), no float copy of f
+                self.moments.add_pairs(ids[keep, 0], g[keep], norm[keep], shard)
         return out
 
     # -- scaled-input routing (Llama 4) -----------------------------------------------------------
