@@ -8,11 +8,13 @@ expert FFN 768, 128 experts, top-8), written with gguf-py's writer one tensor at
 For each file, every command a fresh process (best of --repeat), page cache warm (the file is read
 with ``cat`` first, as moeprune would find a file it just downloaded or wrote):
 
+- ``moeprune --version`` (interpreter start and imports, included in every figure below);
 - ``cat FILE > /dev/null`` (read limit) and ``cp FILE copy`` (copy limit);
 - ``moeprune -q score FILE -c aimer -o scores.json`` (reads and dequantizes every routed expert);
 - ``moeprune -q prune FILE --scores scores.json --ratio 0.5 -o out.gguf`` (copy only);
 - ``moeprune -q prune FILE -c aimer --ratio 0.5 -o out.gguf`` (score, then write);
-- peak RSS of each moeprune run (``ru_maxrss`` of that child, from ``os.wait4``).
+- peak RSS of each moeprune run (``ru_maxrss`` of that child, from ``os.wait4``; the files are
+  built in a child of their own, since a forked child's ``ru_maxrss`` counts its parent's pages).
 
     python benchmarks/bench_gguf.py                     # both files, 2 repeats
     python benchmarks/bench_gguf.py --types Q8_0 --repeat 3 --keep
@@ -21,6 +23,7 @@ with ``cat`` first, as moeprune would find a file it just downloaded or wrote):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -106,7 +109,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="Keep the GGUF files for the next run.")
     ap.add_argument("--layers", type=int, help="MoE blocks per file (default: Q8_0 7, F16 4: over 4 GB each).")
+    ap.add_argument("--build", nargs=3, metavar=("PATH", "TYPE", "LAYERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build:
+        build(Path(args.build[0]), args.build[1], int(args.build[2]))
+        return
     args.root.mkdir(parents=True, exist_ok=True)
     moeprune = [sys.executable, "-m", "moeprune", "-q"]
     head = ("file", "GB", "experts GB", "step", "best s", "GB/s", "x limit", "RSS MiB")
@@ -114,17 +121,17 @@ def main() -> None:
     for qtype in args.types.split(","):
         src = args.root / f"qwen3moe-{qtype}-{args.layers or LAYERS[qtype]}.gguf"
         if not src.exists():
-            t = time.perf_counter()
-            build(src, qtype, args.layers or LAYERS[qtype])
+            t = time.perf_counter()  # built in a child: a forked child's ru_maxrss includes its parent's
+            layers = str(args.layers or LAYERS[qtype])
+            subprocess.run([sys.executable, __file__, "--build", str(src), qtype, layers], check=True)
             print(f"built {src} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         size = src.stat().st_size
-        import moeprune.gguf as mg
-
-        info = mg.inspect(src)
+        info = json.loads(subprocess.run([*moeprune, "inspect", "--json", str(src)], capture_output=True).stdout)
         expert = info["routed_expert_bytes"]
         out, copy, scores = args.root / "out.gguf", args.root / "copy.gguf", args.root / "scores.json"
         f, o, sc = str(src), str(out), str(scores)
         steps = {
+            "startup (moeprune --version)": ([*moeprune, "--version"], False),
             "cat (read limit)": (f"cat {f} > /dev/null", True),
             "cp (copy limit)": (f"cp {f} {copy}", True),
             "moeprune score aimer": ([*moeprune, "score", f, "-c", "aimer", "-o", sc, "--overwrite"], False),
@@ -152,6 +159,8 @@ def main() -> None:
                 moved, limit = expert, best["cat (read limit)"][0] * expert / size
             elif name.startswith("prune"):  # writes the output: limit = cp of that many bytes
                 moved, limit = out_size, best["cp (copy limit)"][0] * out_size / size
+            elif name.startswith("startup"):
+                moved, limit = 0, wall
             else:
                 moved, limit = size, wall
             print(
