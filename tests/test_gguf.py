@@ -269,6 +269,19 @@ def test_wrong_magic(tmp_path: Path, good: Path, magic: bytes, cli) -> None:  # 
     _one_line(cli("inspect", str(bad)))
 
 
+def test_big_endian_file(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    w = gguf.GGUFWriter(tmp_path / "m.gguf", "qwen3moe", endianess=gguf.GGUFEndian.BIG)
+    w.add_expert_count(8)
+    w.add_tensor("blk.0.ffn_up.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = cli("inspect", str(tmp_path / "m.gguf"))
+    _one_line(r)
+    assert "big-endian" in r.err
+
+
 def test_unknown_per_expert_tensor(tmp_path: Path, good: Path, cli) -> None:  # type: ignore[no-untyped-def]
     """A per-expert tensor moeprune has no role for (an expert scale) is refused, not left unpruned."""
     bad = tmp_path / "bad.gguf"

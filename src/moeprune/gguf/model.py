@@ -103,7 +103,10 @@ def _reader(path: Path) -> Any:
         if f.read(4) != b"GGUF":
             raise InputError(f"{path}: not a GGUF file (wrong magic)")
     try:
-        return GGUFReader(path, "r")
+        reader = GGUFReader(path, "r")
+        if reader.byte_order != "I":
+            raise InputError(f"{path}: a GGUF file for big-endian machines; moeprune handles little-endian ones")
+        return reader
     except (ValueError, IndexError, KeyError, OverflowError, TypeError, UnicodeDecodeError, MemoryError) as e:
         text = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         if "reshape" in text or "out of bounds" in text or isinstance(e, IndexError):
