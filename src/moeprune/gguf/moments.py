@@ -1,5 +1,5 @@
 """Pooled weight moments (n, sum |w|, sum w^2) of every routed expert of a GGUF model, streamed
-one expert slice at a time, for the weight criteria of `moeprune.scoring.weights`.
+one expert slice at a time, for the weight criteria of `moeprune.scoring.criteria`.
 
 An expert's slice of ``blk.N.ffn_*_exps.weight`` is contiguous (the expert is the outer axis) and
 made of whole rows, hence whole quantization blocks. F32/F16/BF16 slices go to the same kernel as

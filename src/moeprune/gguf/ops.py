@@ -1,6 +1,6 @@
 """The GGUF operations behind ``moeprune inspect|score|prune model.gguf``: the same flow as for
 safetensors (open and check -> score -> select with `moeprune.plan` -> rewrite), the same
-criteria math (`moeprune.scoring.weights`) and the same plan files, on GGUF files."""
+criteria (`moeprune.scoring.criteria`) and the same plan files, on GGUF files."""
 
 from __future__ import annotations
 
