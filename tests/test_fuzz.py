@@ -81,3 +81,80 @@ def test_damaged_index(sharded: Path, tmp_path_factory, cli, data) -> None:  # t
         text = text[:pos] + data.draw(st.text(max_size=3)) + text[pos + 1 :]
     index_file.write_text(text)
     _check(cli("score", str(work), "-o", str(work.parent / "s.json")))
+
+
+# --- structured fuzzing: typed values where the registry and the header parser read them --------
+
+EDGE_NUMBERS = st.sampled_from([0, 1, -1, 2, 3, 8, 2**31, 2**63, 2**64, 2**70, 0.5, 1e30, -0.0])
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | EDGE_NUMBERS
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=5,
+)
+CONFIG_KEYS = [
+    "model_type", "num_experts", "num_local_experts", "n_routed_experts", "num_experts_per_tok",
+    "num_hidden_layers", "decoder_sparse_step", "mlp_only_layers", "first_k_dense_replace", "n_group",
+    "topk_group", "vocab_size", "text_config", "quantization_config", "moe_layers", "architectures",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fuzz_models(tiny) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    return {f: tiny(f) for f in ("qwen3_moe", "deepseek_v3")}
+
+
+@SETTINGS
+@given(data=st.data())
+def test_config_values(fuzz_models, tmp_path_factory, cli, data) -> None:  # type: ignore[no-untyped-def]
+    """Any JSON value under any key the registry reads: inspect and a dry run either work or say
+    one line (never a traceback, a hang or an allocation the config asked for)."""
+    family = data.draw(st.sampled_from(sorted(fuzz_models)))
+    work = tmp_path_factory.mktemp("c") / "m"
+    shutil.copytree(fuzz_models[family], work)
+    config = json.loads((work / "config.json").read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        key = data.draw(st.sampled_from(CONFIG_KEYS) | st.text(max_size=10))
+        if data.draw(st.booleans()) and key in config:
+            del config[key]
+        else:
+            config[key] = data.draw(VALUES)
+    (work / "config.json").write_text(json.dumps(config))
+    before = (work / "config.json").read_bytes()
+    _check(cli("inspect", str(work)))
+    _check(cli("prune", str(work), "--prune", "2", "--dry-run", "-o", str(work.parent / "out")))
+    assert (work / "config.json").read_bytes() == before
+
+
+@SETTINGS
+@given(data=st.data())
+def test_header_values(sharded: Path, tmp_path_factory, cli, data) -> None:  # type: ignore[no-untyped-def]
+    """Any JSON value for a tensor's dtype, shape or offsets, a whole entry, or ``__metadata__``,
+    in a header that stays valid JSON: score works or says one line."""
+    work = tmp_path_factory.mktemp("v") / "m"
+    shutil.copytree(sharded, work)
+    shard = sorted(work.glob("model-*.safetensors"))[data.draw(st.integers(0, 2))]
+    raw = shard.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    name = data.draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
+    where = data.draw(st.sampled_from(["dtype", "shape", "data_offsets", "entry", "__metadata__", "dim", "offset"]))
+    if where == "entry":
+        header[name] = data.draw(VALUES)
+    elif where == "__metadata__":
+        header["__metadata__"] = data.draw(VALUES)
+    elif where == "dim" and header[name]["shape"]:
+        dims = header[name]["shape"]
+        dims[data.draw(st.integers(0, len(dims) - 1))] = data.draw(EDGE_NUMBERS | VALUES)
+    elif where == "offset":
+        header[name]["data_offsets"][data.draw(st.integers(0, 1))] = data.draw(EDGE_NUMBERS | VALUES)
+    elif where in ("dtype", "shape", "data_offsets"):
+        header[name][where] = data.draw(VALUES)
+    body = json.dumps(header).encode()
+    body += b" " * (-len(body) % 8)
+    shard.write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + n :])
+    _check(cli("score", str(work), "-o", str(work.parent / "s.json")))

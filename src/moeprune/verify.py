@@ -19,6 +19,7 @@ from moeprune.arch.families import family_for_config
 from moeprune.arch.layout import text_config
 from moeprune.errors import InputError
 from moeprune.io.reader import load_config, resolve
+from moeprune.loading import decoder_layers, open_model
 from moeprune.plan import PrunePlan, check_pruned_from
 
 TOLERANCE = 1e-4
@@ -38,24 +39,13 @@ class VerifyResult:
 
 
 def load_causal_lm(path: Path) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu")
-    return model.eval()
-
-
-def decoder_layers(model: Any) -> Any:
-    """The decoder's ``layers`` ModuleList (the first one, outermost first, inside the language model
-    where transformers names one: a vision tower's ``layers`` may come first in a multimodal model)."""
+    """The checkpoint at ``path`` in float32 on CPU, built by transformers' own classes only
+    (``trust_remote_code=False``; a model that needs its own code is refused), quietly."""
     import torch
 
-    get_decoder = getattr(model, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else None
-    for name, module in (decoder if isinstance(decoder, torch.nn.Module) else model).named_modules():
-        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
-            return module
-    raise InputError("cannot find the decoder layers of the loaded model")
+    from moeprune.hfload import causal_lm
+
+    return causal_lm(path, dtype=torch.float32, device_map="cpu").eval()
 
 
 def masked_forward(model: Any, config: dict[str, Any], plan: PrunePlan, ids: Any) -> Any:
@@ -113,9 +103,12 @@ def verify(
 
     src, out = resolve(original), resolve(pruned)
     plan = check_pruned_from(out, src)  # before any model is loaded: the pair must belong together
+    open_model(out)[0].close()  # the pruned folder's config, headers and experts checked before transformers
     config = load_config(src)
     text = text_config(config, family_for_config(config))
-    vocab = int(text["vocab_size"])
+    vocab = text.get("vocab_size")
+    if vocab is None:
+        raise InputError(f"{src / 'config.json'}: has no vocab_size (verify draws its test tokens from it)")
     ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
     reference = masked_forward(load_causal_lm(src), config, plan, ids)
     with torch.no_grad():

@@ -214,6 +214,10 @@ def load_tokens(
     exists = path.exists()
     if not exists and not _looks_like_hub_id(text):
         raise InputError(f"{text}: no such file or folder (and not a Hugging Face dataset id like org/name)")
+    if exists and not path.is_dir():
+        from moeprune.io.jsonfile import regular_file
+
+        regular_file(path, "data file")  # a FIFO or a device would block the reader or never end
     path = path.resolve() if exists else path
     suffix = path.suffix.lower()
     if path.is_file() and suffix in TOKEN_SUFFIXES:
@@ -498,31 +502,83 @@ def _integer(t: torch.Tensor) -> bool:
     return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
 
 
+_ST_IDS = ("I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8")
+"""safetensors dtypes a token-id tensor may have."""
+
+
+def _npy_ids(path: Path) -> torch.Tensor:
+    """The [N, L] integer ids of a .npy file as int64. Its header (dtype, rank, shape) is checked,
+    and the size it claims against the file's length, before any data is read: a header that lies
+    cannot make numpy allocate what the file does not hold."""
+    fmt = np.lib.format
+    try:
+        with path.open("rb") as f:
+            version = fmt.read_magic(f)  # type: ignore[no-untyped-call]
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)  # type: ignore[no-untyped-call]
+            elif version in ((2, 0), (3, 0)):
+                shape, _, dtype = fmt.read_array_header_2_0(f)  # type: ignore[no-untyped-call]
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{path}: cannot read as .npy ({e})") from None
+    if dtype.hasobject or dtype.kind not in "iu":
+        raise InputError(f"{path}: token ids must be integers, found dtype {dtype}")
+    if len(shape) != 2 or 0 in shape:
+        raise InputError(f"{path}: input_ids must be a non-empty [N, L] array, found shape {tuple(shape)}")
+    need = math.prod(shape) * dtype.itemsize
+    if need != data_bytes:
+        raise InputError(
+            f"{path}: its header claims {shape[0]} x {shape[1]} {dtype} ids ({need} bytes) but the file holds "
+            f"{data_bytes} bytes of data (truncated or not a token file)"
+        )
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        return torch.from_numpy(np.array(array, dtype=np.int64, order="C"))  # uint64 beyond int64 wraps negative
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read as .npy ({e})") from None
+
+
+def _safetensors_ids(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``input_ids`` (int64) and the optional ``attention_mask`` of a .safetensors token file; the
+    header is checked (dtypes, ranks, every byte range within the file) before any data is read."""
+    from safetensors import SafetensorError, safe_open
+
+    from moeprune.io.format import read_header
+
+    try:
+        tensors, _ = read_header(path)
+    except InputError as e:
+        reason = str(e).removeprefix(f"{path}: ")
+        raise InputError(f"{path}: cannot read as .safetensors ({reason})") from None
+    ids_info, mask_info = tensors.get("input_ids"), tensors.get("attention_mask")
+    if ids_info is None:
+        raise InputError(f"{path}: no 'input_ids' tensor (tensors: {', '.join(tensors) or '(none)'})")
+    if ids_info.dtype not in _ST_IDS:
+        raise InputError(f"{path}: input_ids must be integers, found dtype {ids_info.dtype}")
+    if len(ids_info.shape) != 2 or 0 in ids_info.shape:
+        raise InputError(f"{path}: input_ids must be a non-empty [N, L] array, found shape {ids_info.shape}")
+    if mask_info is not None:
+        if mask_info.shape != ids_info.shape:
+            raise InputError(f"{path}: attention_mask {mask_info.shape} must match input_ids {ids_info.shape}")
+        if mask_info.dtype not in (*_ST_IDS, "BOOL"):
+            raise InputError(f"{path}: attention_mask must be 0/1 integers, found dtype {mask_info.dtype}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            ids = f.get_tensor("input_ids")
+            mask = f.get_tensor("attention_mask") if mask_info is not None else None
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{path}: cannot read as .safetensors ({e})") from None
+    return ids.to(torch.int64), mask  # uint64 beyond int64 wraps negative and fails below
+
+
 def _load_pretokenized(path: Path, *, seed: int, vocab_size: int | None) -> TokenBatch:
     mask: torch.Tensor | None = None
     if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: cannot read as .npy ({e})") from e
-        if not np.issubdtype(array.dtype, np.integer):
-            raise InputError(f"{path}: token ids must be integers, found dtype {array.dtype}")
-        ids = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+        ids = _npy_ids(path)
     else:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
-                if "input_ids" not in keys:
-                    raise InputError(f"{path}: no 'input_ids' tensor (tensors: {', '.join(keys) or '(none)'})")
-                ids = f.get_tensor("input_ids")
-                mask = f.get_tensor("attention_mask") if "attention_mask" in keys else None
-        except (SafetensorError, OSError) as e:
-            raise InputError(f"{path}: cannot read as .safetensors ({e})") from e
-        if not _integer(ids):
-            raise InputError(f"{path}: input_ids must be integers, found dtype {ids.dtype}")
-        ids = ids.to(torch.int64)  # uint64 beyond int64 wraps negative and fails below
+        ids, mask = _safetensors_ids(path)
     if ids.ndim != 2 or ids.numel() == 0:
         raise InputError(f"{path}: input_ids must be a non-empty [N, L] array, found shape {tuple(ids.shape)}")
     low, high = int(ids.min()), int(ids.max())

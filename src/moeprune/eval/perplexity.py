@@ -38,7 +38,7 @@ import importlib.util
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ import torch
 
 from moeprune.calib.data import TOKEN_SUFFIXES, TokenBatch, load_tokens
 from moeprune.errors import InputError
+from moeprune.progress import Progress
 
-Progress = Callable[[str, int, int], None]
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_SEQ_LEN = 2048
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -83,6 +83,7 @@ def evaluate_lm(
     At least one of the two is required. Keys that were not computed hold None.
     """
     from moeprune.io.reader import resolve
+    from moeprune.loading import open_model
     from moeprune.plan import PLAN, check_pruned_from
 
     if source is None and not tasks:
@@ -97,9 +98,14 @@ def evaluate_lm(
         _check_lmeval()
     path = resolve(model)
     base_path = resolve(base) if base is not None else None
+    for folder in (path, base_path):  # config, headers, index and experts checked before transformers reads a byte
+        if folder is not None:
+            open_model(folder)[0].close()
     if base_path is not None and (path / PLAN).exists():  # a pruned folder: its base must be its source
         check_pruned_from(path, base_path)
     vocab, max_pos = _text_limits(path)
+    if vocab is None:  # transformers would build its default vocabulary and fail on the weights
+        raise InputError(f"{path / 'config.json'}: has no vocab_size")
     tokenizer = _load_tokenizer(path)
     if tokenizer is None and base_path is not None:
         tokenizer = _load_tokenizer(base_path)
@@ -284,12 +290,12 @@ def load_lm(path: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "
 
 def _load(folder: Path, dev: torch.device, torch_dtype: torch.dtype) -> Any:
     try:
-        from transformers import AutoModelForCausalLM
+        from moeprune.hfload import causal_lm
     except ImportError as e:
         raise InputError("evaluating a model needs transformers (pip install 'moeprune[calib]')") from e
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map={"": dev})
-    except (OSError, ValueError, KeyError) as e:
+        model = causal_lm(folder, dtype=torch_dtype, device_map={"": dev})
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: weights that do not fit the config
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InputError(f"{folder}: cannot load as a causal language model ({first})") from None
     return model.eval()
@@ -352,9 +358,9 @@ def _load_tokenizer(path: Path) -> Any | None:
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         return None
     try:
-        from transformers import AutoTokenizer
+        from moeprune.hfload import tokenizer
 
-        return AutoTokenizer.from_pretrained(path)
+        return tokenizer(path)
     except Exception as e:  # many failure types; one meaning
         raise InputError(f"{path}: cannot load its tokenizer ({e.__class__.__name__})") from None
 

@@ -1,0 +1,89 @@
+"""Every transformers load moeprune does, in one place: never a checkpoint's own code, never noise.
+
+`causal_lm`, `tokenizer` and `config` pass ``trust_remote_code=False`` explicitly (so no prompt can
+appear, even on a terminal) after `refuse_custom_code` has checked that transformers knows the
+checkpoint's ``model_type``: a model that only its own Python files can build is refused with one
+line instead. `quiet()` silences transformers' progress bars and warnings inside a library call and
+restores the caller's settings afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from moeprune.errors import InputError
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """transformers' progress bars off and its logging at ERROR, restored on exit."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _known_model_types() -> Any:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return CONFIG_MAPPING
+
+
+def refuse_custom_code(path: Path) -> None:
+    """One clear error when the checkpoint at ``path`` can only be built by its own code: its
+    config.json names a ``model_type`` transformers does not know (``auto_map`` then points at the
+    Python files moeprune will not run). A known ``model_type`` with an ``auto_map`` is built from
+    transformers' own classes, and the ``auto_map`` is ignored."""
+    from moeprune.io.jsonfile import read_json
+
+    file = path / "config.json"
+    config = read_json(file, "config.json") if os.path.lexists(file) else None
+    if not isinstance(config, dict):
+        return  # no config (a tokenizer-only folder) or not an object: the loader reports it
+    model_type = config.get("model_type")
+    known = _known_model_types()
+    if isinstance(model_type, str) and model_type in known:
+        return
+    needs = " (its auto_map points at the checkpoint's own Python files)" if "auto_map" in config else ""
+    raise InputError(
+        f"{path}: model_type {model_type!r} is not built into transformers{needs}; moeprune never runs "
+        "code from a checkpoint folder (trust_remote_code=False)"
+    )
+
+
+def causal_lm(path: Path, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs)``, quietly."""
+    from transformers import AutoModelForCausalLM
+
+    refuse_custom_code(path)
+    with quiet():
+        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs)
+
+
+def tokenizer(path: Path) -> Any:
+    """``AutoTokenizer.from_pretrained(path, trust_remote_code=False)``, quietly."""
+    from transformers import AutoTokenizer
+
+    with quiet():
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def config(path: Path) -> Any:
+    """``AutoConfig.from_pretrained(path, trust_remote_code=False)``, quietly."""
+    from transformers import AutoConfig
+
+    refuse_custom_code(path)
+    with quiet():
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
