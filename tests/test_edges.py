@@ -1557,3 +1557,23 @@ def test_quiet_restores_the_callers_transformers_settings(tmp_path: Path, capfd:
         hf_logging.set_verbosity_warning()
     err = capfd.readouterr().err
     assert "Writing model shards" not in err and "%|" not in err, err
+
+
+def test_verify_and_eval_say_nothing_on_stderr_with_q(
+    env: Env, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A hybrid model whose transformers kernels fall back to PyTorch (a warning per kernel) and
+    whose loads draw progress bars: with -q, verify and eval print their result and nothing else."""
+    model, pruned = env.model("qwen3_5_moe"), env.pruned_of("qwen3_5_moe")
+    capfd.readouterr()
+    for args in (
+        ["verify", str(model), str(pruned)],
+        ["eval", str(pruned), "--base", str(model), "--ppl", str(env.tokens), "-o", str(tmp_path / "e.json")],
+    ):
+        try:
+            main(["-q", *args])
+        except SystemExit as e:
+            assert e.code in (0, None), e
+        captured = capfd.readouterr()
+        assert captured.err == "", captured.err
+        assert captured.out.strip(), args

@@ -18,6 +18,7 @@ from typing import Any
 from moeprune.arch.families import family_for_config
 from moeprune.arch.layout import text_config
 from moeprune.errors import InputError
+from moeprune.hfload import quiet
 from moeprune.io.reader import load_config, resolve
 from moeprune.loading import decoder_layers, open_model
 from moeprune.plan import PrunePlan, check_pruned_from
@@ -110,8 +111,8 @@ def verify(
     if vocab is None:
         raise InputError(f"{src / 'config.json'}: has no vocab_size (verify draws its test tokens from it)")
     ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
-    reference = masked_forward(load_causal_lm(src), config, plan, ids)
-    with torch.no_grad():
+    with quiet(), torch.no_grad():  # transformers' bars and warnings (kernel fallbacks) stay inside
+        reference = masked_forward(load_causal_lm(src), config, plan, ids)
         got = load_causal_lm(out)(ids).logits
     if got.shape != reference.shape:
         raise InputError(f"logit shapes differ: pruned {list(got.shape)} vs original {list(reference.shape)}")

@@ -82,6 +82,7 @@ def evaluate_lm(
     (needs ``moeprune[eval]``) and, with ``base``, reports ``recovery`` = pruned / base score per task.
     At least one of the two is required. Keys that were not computed hold None.
     """
+    from moeprune.hfload import quiet
     from moeprune.io.reader import resolve
     from moeprune.loading import open_model
     from moeprune.plan import PLAN, check_pruned_from
@@ -133,16 +134,17 @@ def evaluate_lm(
         )
 
     started = time.perf_counter()
-    lm = _load(path, dev, torch_dtype)
-    base_lm = _load(base_path, dev, torch_dtype) if base_path is not None else None
+    with quiet():  # transformers' bars and warnings (kernel fallbacks) stay inside this call
+        lm = _load(path, dev, torch_dtype)
+        base_lm = _load(base_path, dev, torch_dtype) if base_path is not None else None
 
-    settings = {"device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."), "batch_size": batch_size}
-    scores = None
-    if batch is not None:
-        scores = score_tokens(lm, batch, base=base_lm, batch_size=batch_size, chunk=chunk, progress=progress)
-    result = eval_record(model, base, settings, batch, scores, shuffle=shuffle, seed=seed)
-    if tasks:
-        result["tasks"] = _tasks(lm, base_lm, tokenizer, tasks, limit, include_path, batch_size, str(dev))
+        settings = {"device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."), "batch_size": batch_size}
+        scores = None
+        if batch is not None:
+            scores = score_tokens(lm, batch, base=base_lm, batch_size=batch_size, chunk=chunk, progress=progress)
+        result = eval_record(model, base, settings, batch, scores, shuffle=shuffle, seed=seed)
+        if tasks:
+            result["tasks"] = _tasks(lm, base_lm, tokenizer, tasks, limit, include_path, batch_size, str(dev))
     result["settings"]["seconds"] = round(time.perf_counter() - started, 3)
     return result
 
