@@ -313,6 +313,10 @@ _OPEN: dict[str, list[str]] = {
     "cli: verify --tolerance accepts NaN": [
         "test_numeric_option[verify --tolerance nan]",
     ],
+    "report skips an eval.json (or a scores.csv link loop) that is not a regular file, silently": [
+        *(f"test_special_file_inputs[eval.json-{kind}]" for kind in ("fifo", "dir", "dev-zero", "dev-null", "loop")),
+        "test_special_file_inputs[scores.csv-loop]",
+    ],
 }
 KNOWN_OPEN = {name: reason for reason, names in _OPEN.items() for name in names}
 """Findings (/work/briefs/F-findings.md) whose fix lives in another owner's module."""
@@ -1451,6 +1455,8 @@ MATRIX_SIZE = (
     + len(list(_output_cases()))
     + len(TOKEN_CASES) * 2
     + len(OPTION_CASES)
+    + 7  # custom code
+    + 7 * 5  # special files as JSON/tensor inputs
 )
 
 
@@ -1577,3 +1583,50 @@ def test_verify_and_eval_say_nothing_on_stderr_with_q(
         captured = capfd.readouterr()
         assert captured.err == "", captured.err
         assert captured.out.strip(), args
+
+
+# --- 12. special files where a JSON or tensor input is expected -------------------------------------
+
+
+def _special_input(where: str, kind: str, env: Env, tmp: Path) -> tuple[list[str], Paths]:
+    model, out = env.model("qwen3_moe"), tmp / "out"
+    if where == "scores.json":
+        file = tmp / "scores.json"
+        _make_special(file, kind)
+        args = ["prune", str(model), "--prune", "2", "--scores", str(file), "-o", str(out / "p")]
+        return args, {"model": model, "scores": file}
+    if where in ("moeprune_plan.json-verify", "moeprune_plan.json-report", "eval.json", "scores.csv"):
+        pruned = copy(env.pruned_of("qwen3_moe"), tmp / "pruned")
+        name = where.removesuffix("-verify").removesuffix("-report")
+        (pruned / name).unlink(missing_ok=True)
+        _make_special(pruned / name, kind)
+        if where.endswith("-verify"):
+            return ["verify", str(model), str(pruned)], {"model": model, "pruned": pruned}
+        return ["report", str(pruned), "-o", str(out / "r.html")], {"pruned": pruned}
+    stats = copy(env.stats, tmp / "stats")
+    (stats / where).unlink()
+    _make_special(stats / where, kind)
+    args = ["score", str(model), "-c", "reap", "--stats", str(stats), "-o", str(out / "s.json")]
+    return args, {"model": model, "stats": stats}
+
+
+SPECIAL_INPUTS = [
+    "scores.json",
+    "moeprune_plan.json-verify",
+    "moeprune_plan.json-report",
+    "eval.json",
+    "scores.csv",
+    "stats.json",
+    "moments.safetensors",
+]
+
+
+@pytest.mark.parametrize("kind", SPECIALS)
+@pytest.mark.parametrize("where", SPECIAL_INPUTS)
+def test_special_file_inputs(
+    where: str, kind: str, env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    args, paths = _special_input(where, kind, env, tmp_path)
+    check(capsys, args, watch_for(paths, out), "refused")
