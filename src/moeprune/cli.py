@@ -9,6 +9,7 @@ fails, 130 when interrupted) instead of a traceback.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import signal
 import sys
@@ -31,6 +32,23 @@ GOAL_HELP = (
     "(aimer without --stats), task-specific -> gean (calibrate on the target domain first)."
 )
 
+
+class _Positive(click.FloatRange):
+    """A finite number > 0 (click's ranges let NaN through: it fails every comparison)."""
+
+    name = "positive number"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+POSITIVE = _Positive()
 
 DEVICE_OPTION = click.option(
     "--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (the model runs there)."
@@ -471,7 +489,7 @@ def calibrate(
     "--tolerance",
     default=TOLERANCE,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     help="Largest |logit difference| accepted.",
 )
 @click.pass_context
@@ -527,9 +545,7 @@ def verify(ctx: click.Context, model: str, pruned: str, seq_len: int, batch: int
 @click.option("--shuffle", is_flag=True, help="Take documents in seeded random order instead of source order.")
 @click.option("--seed", default=0, show_default=True, help="Seed of --shuffle.")
 @click.option("--tasks", help="Comma-separated lm-evaluation-harness tasks (needs moeprune[eval]).")
-@click.option(
-    "--limit", type=click.FloatRange(min=0, min_open=True), help="lm-eval: examples per task (a fraction if < 1)."
-)
+@click.option("--limit", type=POSITIVE, help="lm-eval: examples per task (a fraction if < 1).")
 @click.option(
     "--include-path", type=click.Path(exists=True, file_okay=False, path_type=Path), help="lm-eval: extra task folder."
 )

@@ -104,6 +104,12 @@ class PrunePlan:
             layers[int(key)] = LayerPlan(list(lp.kept), list(lp.pruned))
         if not any(lp.pruned for lp in layers.values()):
             raise InputError(f"{path}: the plan prunes nothing")
+        n_pruned = len(next(iter(layers.values())).pruned)
+        if d.n_pruned_per_layer is not None and d.n_pruned_per_layer != n_pruned:
+            raise InputError(f"{path}: n_pruned_per_layer is {d.n_pruned_per_layer}, but the layers prune {n_pruned}")
+        src = d.source
+        if src is not None and (src.n_experts != d.n_experts or not set(layers) <= set(src.moe_layers)):
+            raise InputError(f"{path}: its layers or expert count do not match the model it records ({src.model})")
         csv_file = path.parent / SCORES_CSV
         scores = _read_scores_csv(csv_file, d.n_experts) if csv_file.exists() else {}
         return cls(d.criterion, d.direction, d.ratio, d.n_experts, layers, scores, d.source)
@@ -147,8 +153,9 @@ class _PlanFile(BaseModel):
     version: Literal[1] | None = None
     criterion: StrictStr
     direction: Literal["higher_pruned", "lower_pruned"]
-    ratio: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    ratio: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
     n_experts: Annotated[StrictInt, Field(ge=2, le=1 << 24)]
+    n_pruned_per_layer: Annotated[StrictInt, Field(ge=1, le=1 << 24)] | None = None
     source: Source | None = None
     layers: dict[Annotated[StrictStr, Field(pattern=r"^[0-9]{1,7}$")], _LayerFile] = Field(min_length=1)
 

@@ -11,7 +11,7 @@ family rule that starts reading a new key adds it here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -23,8 +23,8 @@ _LIMIT = 1 << 24
 
 Count = Annotated[StrictInt, Field(ge=1, le=_LIMIT)]
 """Experts, top-k, layers: at least one."""
-Setting = Annotated[StrictInt, Field(ge=0, le=_LIMIT)]
-"""Step, group and offset settings where 0 means 'not set' (the rules read 0 as the default)."""
+Index = Annotated[StrictInt, Field(ge=0, le=_LIMIT)]
+"""Layer indices, offsets and counts of dense layers: 0 is a real value."""
 Size = Annotated[StrictInt, Field(ge=1, le=1 << 40)]
 """Vocabulary and position counts."""
 
@@ -53,21 +53,21 @@ class ConfigFields(BaseModel):
     moe_k: Count | None = None
     moe_topk: Count | None = None
     # group-limited routing
-    n_group: Setting | None = None
-    topk_group: Setting | None = None
-    topk_method: StrictStr | None = None
+    n_group: Count | None = None
+    topk_group: Count | None = None
+    topk_method: Literal["greedy", "group_limited_greedy", "noaux_tc"] | None = None
     # which layers are MoE layers
-    first_k_dense_replace: Setting | None = None
-    decoder_sparse_step: Setting | None = None
-    mlp_only_layers: list[Setting] | None = None
-    moe_layer_start_index: Setting | None = None
+    first_k_dense_replace: Index | None = None
+    decoder_sparse_step: Count | None = None
+    mlp_only_layers: list[Index] | None = None
+    moe_layer_start_index: Index | None = None
     moe_layer_end_index: Annotated[StrictInt, Field(ge=-1, le=_LIMIT)] | None = None
-    moe_layer_interval: Setting | None = None
+    moe_layer_interval: Count | None = None
     expert_layer_period: Count | None = None
-    expert_layer_offset: Setting | None = None
-    interleave_moe_layer_step: Setting | None = None
-    moe_layers: list[Setting] | None = None
-    num_dense_layers: Setting | None = None
+    expert_layer_offset: Index | None = None
+    interleave_moe_layer_step: Count | None = None
+    moe_layers: list[Index] | None = None
+    num_dense_layers: Index | None = None
     mlp_layer_types: list[StrictStr] | None = None
 
 

@@ -55,6 +55,8 @@ def calibrate(
     from moeprune.calib.engine import distributed_rank
 
     path = resolve(model)
+    if text_limits(path)[0] is None:
+        raise InputError(f"{path / 'config.json'}: has no vocab_size; calibration needs it to build the model")
     inputs: list[str | os.PathLike[str]] = [path]
     if not isinstance(data, TokenBatch) and Path(data).exists():
         inputs.append(data)

@@ -130,7 +130,21 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise InputError(f"{path}: corrupt safetensors header (__metadata__ is not a map of strings)")
     base = 8 + n
     tensors = {name: _entry(path, name, entry, base, size) for name, entry in header.items()}
+    _check_tiling(path, tensors, base, size)
     return tensors, dict(metadata)
+
+
+def _check_tiling(path: Path, tensors: dict[str, TensorInfo], base: int, size: int) -> None:
+    """The tensors' byte ranges tile the data section exactly, as the reference implementation
+    requires: no two tensors share bytes (a copy would duplicate them), no gap, nothing after."""
+    at = base
+    for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if info.start != at:
+            what = "overlaps the tensor before it" if info.start < at else "leaves a gap before it"
+            raise InputError(f"{path}: corrupt safetensors header: {name!r} {what}")
+        at = info.end
+    if at != size:
+        raise InputError(f"{path}: corrupt safetensors file: {size - at} bytes after the last tensor")
 
 
 PAGE = 4096
