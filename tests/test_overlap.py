@@ -214,9 +214,9 @@ def test_fsync_makes_every_file_and_both_folders_durable(
 def test_cli_progress_bars_from_two_threads(capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI's bars take updates from the scoring thread and the writer at once; a finished
     stage's bar is closed at once (its clock stops), a later pass of the stage gets a new one."""
-    from moeprune.cli import _Progress
+    from moeprune.cli.common import Progress
 
-    bars = _Progress(quiet=False, live=True)
+    bars = Progress(quiet=False, live=True)
 
     def feed(stage: str) -> None:
         for _ in range(200):
