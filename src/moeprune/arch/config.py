@@ -50,10 +50,13 @@ class ConfigFields(BaseModel):
     moe_num_experts: Count | None = None
     # top-k
     num_experts_per_tok: Count | None = None
+    num_experts_per_token: Count | None = None
+    top_k_experts: Count | None = None
     moe_k: Count | None = None
     moe_topk: Count | None = None
     # group-limited routing
     n_group: Count | None = None
+    num_expert_group: Count | None = None
     topk_group: Count | None = None
     topk_method: Literal["greedy", "group_limited_greedy", "noaux_tc"] | None = None
     # which layers are MoE layers
