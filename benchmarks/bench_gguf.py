@@ -10,7 +10,8 @@ with ``cat`` first, as moeprune would find a file it just downloaded or wrote):
 
 - ``moeprune --version`` (interpreter start and imports, included in every figure below);
 - ``cat FILE > /dev/null`` (read limit) and ``cp FILE copy`` (copy limit);
-- ``moeprune -q score FILE -c aimer -o scores.json`` (reads and dequantizes every routed expert);
+- ``moeprune -q score FILE -c aimer -o scores.json`` (reads and dequantizes every routed expert;
+  for quantized files also with gguf-py's dequantizers instead of llama.cpp's);
 - ``moeprune -q prune FILE --scores scores.json --ratio 0.5 -o out.gguf`` (copy only);
 - ``moeprune -q prune FILE -c aimer --ratio 0.5 -o out.gguf`` (score, then write);
 - peak RSS of each moeprune run (``ru_maxrss`` of that child, from ``os.wait4``; the files are
@@ -36,6 +37,11 @@ import numpy as np
 HIDDEN, FFN, EXPERTS, TOP_K = 2048, 768, 128, 8
 LAYERS = {"Q8_0": 7, "F16": 4}
 POOL = 64 << 20
+NO_GGML = (
+    "import sys, moeprune.gguf.moments as m; m.USE_GGML = False; from moeprune.cli import main; "
+    "main(['-q', *sys.argv[1:]])"
+)
+"""moeprune with gguf-py's numpy dequantizers instead of llama.cpp's (when llama-cpp-python is installed)."""
 
 
 def build(path: Path, qtype: str, layers: int) -> None:
@@ -135,6 +141,16 @@ def main() -> None:
             "cat (read limit)": (f"cat {f} > /dev/null", True),
             "cp (copy limit)": (f"cp {f} {copy}", True),
             "moeprune score aimer": ([*moeprune, "score", f, "-c", "aimer", "-o", sc, "--overwrite"], False),
+            **(
+                {
+                    "score, gguf-py dequantizers": (
+                        [sys.executable, "-c", NO_GGML, "score", f, "-c", "aimer", "-o", sc, "--overwrite"],
+                        False,
+                    )
+                }
+                if qtype not in ("F16", "F32", "BF16")
+                else {}
+            ),
             "prune --scores (copy only)": (
                 [*moeprune, "prune", f, "--scores", sc, "--ratio", "0.5", "-o", o, "--overwrite"],
                 False,
@@ -155,7 +171,7 @@ def main() -> None:
                     best[name] = (wall, rss if not shell else 0.0)
         out_size = out.stat().st_size
         for name, (wall, rss) in best.items():
-            if name.startswith("moeprune score"):  # reads the experts: limit = cat of those bytes
+            if "score" in name and not name.startswith("prune"):  # reads the experts: limit = cat of those bytes
                 moved, limit = expert, best["cat (read limit)"][0] * expert / size
             elif name.startswith("prune"):  # writes the output: limit = cp of that many bytes
                 moved, limit = out_size, best["cp (copy limit)"][0] * out_size / size

@@ -44,14 +44,14 @@ def _rows(fd: int, offset: int, rows: int, row_bytes: int) -> Any:
     memory stays a few chunks whatever the file size), as uint8 ``(rows, row_bytes)``."""
     import numpy as np
 
-    buf = bytearray(rows * row_bytes)
+    buf = np.empty(rows * row_bytes, np.uint8)  # not zeroed: every byte is read into
     view, done = memoryview(buf), 0
-    while done < len(buf):
+    while done < buf.size:
         got = os.preadv(fd, [view[done:]], offset + done)
         if got <= 0:
             raise InputError("the GGUF file ended early (changed while reading?)")
         done += got
-    return np.frombuffer(buf, np.uint8).reshape(rows, row_bytes)
+    return buf.reshape(rows, row_bytes)
 
 
 def slice_moments(model: GgufModel, t: GgufTensor, j: int, fds: dict[int, int]) -> tuple[int, float, float]:
