@@ -29,3 +29,9 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_weights.py
+
+# llama.cpp for the GGUF logits tests (tests/test_gguf_llamacpp.py, marker llamacpp, skipped without it):
+# llama-cpp-python builds llama.cpp from source, ~8.5 CPU-minutes (docs/gguf.md); `make llamacpp test` runs them.
+LLAMACPP ?= llama-cpp-python==0.3.36
+llamacpp: install
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q $(LLAMACPP)
