@@ -519,6 +519,9 @@ _OPEN: dict[str, list[str]] = {
         "test_config_field[deepseek_v32.mlp_layer_types=too-long-verify]",
         "test_config_field[deepseek_v32.mlp_layer_types=too-long-eval]",
     ],
+    "calib/skeleton.py builds the model from AutoConfig/from_config without trust_remote_code=False": [
+        "test_every_transformers_load_says_trust_remote_code_false[calib/skeleton.py]",
+    ],
     "report skips an eval.json (or a scores.csv link loop) that is not a regular file, silently": [
         *(f"test_special_file_inputs[eval.json-{kind}]" for kind in ("fifo", "dir", "dev-zero", "dev-null", "loop")),
         "test_special_file_inputs[scores.csv-loop]",
@@ -1863,3 +1866,35 @@ def test_special_file_inputs(
     out.mkdir()
     args, paths = _special_input(where, kind, env, tmp_path)
     check(capsys, args, watch_for(paths, out), "refused")
+
+
+def _files_loading_with_transformers() -> list[str]:
+    """Package files that call ``from_pretrained`` or ``from_config``."""
+    import moeprune
+
+    root = Path(moeprune.__file__).parent
+    return [str(f.relative_to(root)) for f in sorted(root.rglob("*.py")) if _loads(f)]
+
+
+def _loads(file: Path) -> list[Any]:
+    import ast
+
+    names = ("from_pretrained", "from_config")
+    return [
+        n
+        for n in ast.walk(ast.parse(file.read_text()))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in names
+    ]
+
+
+@pytest.mark.parametrize("file", _files_loading_with_transformers())
+def test_every_transformers_load_says_trust_remote_code_false(file: str) -> None:
+    """No load may leave trust_remote_code to transformers' default (or to a prompt on a terminal)."""
+    import ast
+
+    import moeprune
+
+    for call in _loads(Path(moeprune.__file__).parent / file):
+        flags = [k.value for k in call.keywords if k.arg == "trust_remote_code"]
+        ok = len(flags) == 1 and isinstance(flags[0], ast.Constant) and flags[0].value is False
+        assert ok, f"{file}:{call.lineno} {call.func.attr}(...) without trust_remote_code=False"
