@@ -20,12 +20,25 @@ then ``--repeat`` times over all batches; the best time counts. The process CPU 
 is recorded too: other jobs on a shared machine inflate wall time more than CPU time.
 
 **Memory**: ``moeprune -q calibrate`` on a synthetic OLMoE-shaped checkpoint >= 4 GB
-(make_synthetic.py, 8 layers by default: 7.1 GB) with a modest token count; peak RSS is
-``ru_maxrss`` of that child alone (``os.wait4``), compared with the checkpoint's bytes.
+(make_synthetic.py, 8 layers by default: 7.1 GB) with a modest token count, compared with the
+checkpoint's bytes.
+
+**Peak RSS** of every run is ``ru_maxrss`` of the measured process, taken by a small launcher
+process between this driver and it (`PEAK`). Linux carries a process's high-water mark across
+``exec`` into the new program's ``ru_maxrss``, so a child started straight from this driver
+reports at least the driver's own peak: writing the throughput model (``make_tiny``, ~4.5 GB) in
+the driver made every later child "peak" at 4.71 GB (issue 16). The workers also report their own
+``VmHWM`` (``rss_self``), which a fresh ``exec`` does reset, as a cross-check.
+
+``--check`` compares calibrate's peak RSS (the calib modes and the memory run) with its bound
+(`calib_bound`: the runtime, twice the largest decoder layer in the compute dtype — a layer load
+holds the per-expert tensors and their fused copy for a moment —, and the activation cache; the
+memory run also at most half the checkpoint) and exits 1 naming every run over it.
 
     python benchmarks/bench_calibrate.py                          # throughput (bf16) and memory
     python benchmarks/bench_calibrate.py --dtype bfloat16 float32 --repeat 3
     python benchmarks/bench_calibrate.py --skip-throughput --mem-layers 8
+    python benchmarks/bench_calibrate.py --check --dtype float32 --repeat 1 --modes calib calib-disk  # make target
 """
 
 from __future__ import annotations
@@ -62,8 +75,62 @@ SHAPE = {
     "norm_topk_prob": False,
 }
 MODES = ("calib", "calib-disk", "plain", "base", "dense")
+PEAK = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, ru = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(ru.ru_maxrss * 1024))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+"""The launcher of every measured run: starts the command and writes its peak RSS (bytes). Being a
+fresh small process, it hands the command a high-water mark of a few MB, not the driver's."""
+RUNTIME_BYTES = 600_000_000
+"""Calibrate's allowance beyond the layer and the cache: the interpreter with torch and
+transformers, the meta skeleton, the per-batch layer arguments (~0.4 GB measured)."""
+LAYER_FACTOR = 2.0
+"""Layers' worth of memory a layer load may take: its per-expert tensors and their fused copy
+exist together for a moment (1.6x measured with transformers 5.25)."""
 DEVICE_ENV = "MOEPRUNE_BENCH_DEVICE"
 """The throughput workers' device (cpu or cuda), passed from the driver through the environment."""
+
+
+def measured(cmd: list[str]) -> tuple[bench_weights.Run, int]:
+    """Run ``cmd`` through the `PEAK` launcher: its wall and CPU time, other load, and its peak RSS."""
+    peak = ROOT / "work" / f"peak-{os.getpid()}.txt"
+    peak.unlink(missing_ok=True)
+    r = bench_weights.run([sys.executable, "-c", PEAK, str(peak), *cmd])
+    rss = int(peak.read_text())
+    peak.unlink()
+    return r, rss
+
+
+def calib_bound(model: Path, dtype: str, n_tokens: int, in_memory: bool) -> dict[str, int]:
+    """What calibrate's peak RSS may be on ``model`` in ``dtype``: `RUNTIME_BYTES`, `LAYER_FACTOR` x the
+    largest decoder layer (or what lies outside the layers, if larger) in ``dtype``, and the activation
+    cache (n_tokens x hidden; two generations when it is in memory)."""
+    import re
+
+    import torch
+
+    from moeprune.api import open_model
+
+    size = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    ckpt, moe = open_model(model)
+    with ckpt:
+        pattern = re.compile(re.escape(moe.family.layers) + r"\.(\d+)\.")
+        layers: dict[int, int] = {}
+        outside = 0
+        for name, info in ckpt.tensors.items():
+            m = pattern.match(name)
+            if m:
+                layers[int(m.group(1))] = layers.get(int(m.group(1)), 0) + info.numel * size
+            elif "lm_head" not in name:
+                outside += info.numel * size
+        hidden = int(ckpt.config.get("hidden_size") or ckpt.config["text_config"]["hidden_size"])
+    layer = max(layers.values())
+    cache = n_tokens * hidden * size * (2 if in_memory else 1)
+    bound = RUNTIME_BYTES + int(LAYER_FACTOR * max(layer, outside)) + cache
+    return {"layer": layer, "outside": outside, "cache": cache, "bound": bound}
 
 
 def throughput_model(shape: dict[str, Any]) -> Path:
@@ -188,6 +255,8 @@ def worker(mode: str, model: str, tokens: str, dtype: str, batch_size: int, repe
         if obs is not None:
             res["counts0"] = obs.moments[0].a[:, 0, 0].cpu().tolist()
     res["times"], res["cpus"] = times, cpus
+    with open("/proc/self/status") as f:  # VmHWM: this program's own peak (a fresh exec resets it)
+        res["rss_self"] = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
     res["cpu_s"] = cpus[times.index(min(times))]
     res["tok_s"] = n_tok / res["pass_s"]
     Path(out).write_text(json.dumps(res))
@@ -201,14 +270,17 @@ def run_mode(mode: str, model: Path, tokens: Path, dtype: str, batch_size: int, 
     out.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, str(model), str(tokens), dtype]
     cmd += [str(batch_size), str(repeat), str(out)]
-    r = bench_weights.run(cmd)
+    r, rss = measured(cmd)
     res: dict[str, Any] = json.loads(out.read_text())
-    res.update(rss_mb=r.rss_mb, others=r.others, process_wall_s=r.wall)
+    res.update(rss_mb=rss / 1048576, others=r.others, process_wall_s=r.wall)
     print(
         f"  {dtype} {mode:<10} {res['tok_s']:8.1f} tokens/s  pass {res['pass_s']:6.2f} s  load {res['load_s']:5.2f} s  "
-        f"rss {r.rss_mb:7.0f} MB  others {100 * r.others:3.0f}%",
+        f"rss {rss / 1e9:5.2f} GB (own VmHWM {res['rss_self'] / 1e9:5.2f})  others {100 * r.others:3.0f}%",
         file=sys.stderr,
     )
+    if mode.startswith("calib"):
+        res["bound"] = calib_bound(model, dtype, res["n_tokens"], mode == "calib")
+        res["rss_bytes"] = rss
     return res
 
 
@@ -281,7 +353,7 @@ def memory(layers: int, n: int, seq_len: int, batch_size: int, dtype: str) -> di
     cmd = [*bench_weights.moeprune(), "-q", "calibrate", str(model), "--data", str(tokens), "--dtype", dtype]
     cmd += ["--batch-size", str(batch_size), "-o", str(stats)]
     print("  " + " ".join(cmd), file=sys.stderr)
-    r = bench_weights.run(cmd)
+    r, rss = measured(cmd)
     meta = json.loads((stats / "stats.json").read_text()) if (stats / "stats.json").exists() else {}
     shutil.rmtree(stats, ignore_errors=True)
     res = {
@@ -290,14 +362,15 @@ def memory(layers: int, n: int, seq_len: int, batch_size: int, dtype: str) -> di
         "cmd": " ".join(cmd),
         "wall_s": r.wall,
         "cpu_s": r.cpu,
-        "rss_bytes": r.rss_mb * 1024 * 1024,
-        "rss_ratio": r.rss_mb * 1024 * 1024 / size,
+        "rss_bytes": rss,
+        "rss_ratio": rss / size,
+        "bound": calib_bound(model, dtype, n * seq_len, False),
         "others": r.others,
         "n_tokens": n * seq_len,
         "seconds_per_layer": meta.get("meta", meta).get("seconds_per_layer"),
     }
     print(
-        f"  calibrate {layers}L ({size / 1e9:.2f} GB): {r.wall:.1f} s, peak RSS {r.rss_mb / 1024:.2f} GiB "
+        f"  calibrate {layers}L ({size / 1e9:.2f} GB): {r.wall:.1f} s, peak RSS {rss / 1e9:.2f} GB "
         f"= {res['rss_ratio']:.3f} x checkpoint, others {100 * r.others:.0f}%",
         file=sys.stderr,
     )
@@ -311,15 +384,17 @@ def table(res: dict[str, Any]) -> str:
         lines += [
             f"Throughput model: `{t['model']}` ({t['bytes'] / 1e9:.2f} GB), tokens `{t['tokens']}`.",
             "",
-            "| dtype | mode | tokens/s | pass (s) | pass CPU (s) | load (s) | peak RSS (GB) | other load |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| dtype | mode | tokens/s | pass (s) | pass CPU (s) | load (s) | peak RSS (GB) | own VmHWM (GB) "
+            "| other load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for dtype in (k for k in t if k in ("bfloat16", "float32", "float16")):
             for mode in (m for m in MODES if m in t[dtype]):
                 r = t[dtype][mode]
                 lines.append(
                     f"| {dtype} | {mode} | {r['tok_s']:.1f} | {r['pass_s']:.1f} | {r['cpu_s']:.1f} | "
-                    f"{r['load_s']:.1f} | {r['rss_mb'] * 1048576 / 1e9:.2f} | {100 * r['others']:.0f}% |"
+                    f"{r['load_s']:.1f} | {r['rss_mb'] * 1048576 / 1e9:.2f} | {r['rss_self'] / 1e9:.2f} | "
+                    f"{100 * r['others']:.0f}% |"
                 )
         lines.append("")
         for dtype in (k for k in t if k in ("bfloat16", "float32", "float16") and "ratio_calib_plain" in t[k]):
@@ -347,6 +422,30 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check(res: dict[str, Any]) -> list[str]:
+    """One line per calibrate run measured, ``FAIL`` first where its peak RSS is over its bound."""
+    runs: list[tuple[str, int, dict[str, int], float | None]] = []
+    t = res.get("throughput", {})
+    for dtype in (k for k in t if k in ("bfloat16", "float32", "float16")):
+        for mode in ("calib", "calib-disk"):
+            if mode in t[dtype]:
+                r = t[dtype][mode]
+                runs.append((f"{mode} ({dtype}, {r['n_tokens']} tokens)", r["rss_bytes"], r["bound"], None))
+    if "memory" in res:
+        m = res["memory"]
+        runs.append((f"memory run ({m['bytes'] / 1e9:.2f} GB checkpoint)", m["rss_bytes"], m["bound"], m["bytes"] / 2))
+    lines = []
+    for name, rss, b, half in runs:
+        limit = b["bound"] if half is None else min(b["bound"], half)
+        parts = f"{RUNTIME_BYTES / 1e9:.2f} + {LAYER_FACTOR:g} x layer {max(b['layer'], b['outside']) / 1e9:.2f}"
+        parts += f" + cache {b['cache'] / 1e9:.2f}" + (
+            "" if half is None else f"; half the checkpoint {half / 1e9:.2f}"
+        )
+        verdict = "ok" if rss <= limit else "FAIL"
+        lines.append(f"{verdict}: {name}: peak RSS {rss / 1e9:.2f} GB, bound {limit / 1e9:.2f} GB ({parts})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
@@ -368,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="device of the throughput runs (cpu or cuda)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--check", action="store_true", help="exit 1 when calibrate's peak RSS exceeds its bound")
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "calib-results.json")
     args = ap.parse_args(argv)
     os.environ[DEVICE_ENV] = args.device
@@ -392,6 +492,14 @@ def main(argv: list[str] | None = None) -> None:
         res["memory"] = memory(args.mem_layers, args.mem_samples, args.seq_len, args.batch_size, "bfloat16")
     args.output.write_text(json.dumps(res, indent=1) + "\n")
     print(table(res))
+    if args.check:
+        lines = check(res)
+        if not lines:
+            raise SystemExit("bench_calibrate --check: no calibrate run was measured (modes calib, calib-disk, memory)")
+        print("\n".join(["", "Peak RSS check:", *lines]))
+        failed = [line for line in lines if line.startswith("FAIL")]
+        if failed:
+            raise SystemExit("bench_calibrate --check: calibrate's peak RSS is over its bound:\n" + "\n".join(failed))
 
 
 if __name__ == "__main__":
