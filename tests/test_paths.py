@@ -268,3 +268,21 @@ def test_calibrate_interrupted_says_what_it_kept_and_how_to_resume(
     resumed, whole = load_file(out / "moments.safetensors"), load_file(full / "moments.safetensors")
     assert sorted(resumed) == sorted(whole)
     assert all(resumed[k].equal(whole[k]) for k in whole)
+
+
+@pytest.mark.parametrize("replacing", [False, True])
+def test_an_offloaded_activation_cache_that_cannot_be_resumed_is_removed(
+    replacing: bool, tiny: Tiny, calib_ids: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = str(tiny("qwen3_moe"))
+    out, offload = tmp_path / "stats", tmp_path / "offload"
+    offload.mkdir()
+    args = ("calibrate", model, "--data", str(calib_ids), "-o", str(out), "--batch-size", "2")
+    if replacing:
+        assert cli(*args).code == 0
+    with monkeypatch.context() as m:
+        _stop_on_layer(m, 0 if not replacing else 1)
+        r = cli(*args, "--offload-dir", str(offload), *(["--overwrite"] if replacing else []))
+    assert r.code == 130 and "nothing was written" in r.err, r
+    assert list(offload.iterdir()) == []
+    assert out.exists() == replacing

@@ -82,13 +82,18 @@ def calibrate(
 
     if out is None or resume or distributed_rank() != 0:
         return go(out)
+    cache = Path(offload_dir) / "rank0" if offload_dir is not None else None  # the engine's, outside the STATS
     if out.exists():  # --overwrite: the old statistics stay until the new ones are complete
-        with atomic_dir(out, overwrite=True) as tmp:
-            return go(tmp)
+        try:
+            with atomic_dir(out, overwrite=True) as tmp:
+                return go(tmp)
+        except BaseException:  # nothing of the new run can be resumed: no cache may stay either
+            _remove(cache)
+            raise
     try:
         return go(out)
     except KeyboardInterrupt:
-        raise _interrupted(out) from None
+        raise _interrupted(out, cache) from None
 
 
 def _tokens(
@@ -108,7 +113,13 @@ def _tokens(
     )  # fmt: skip
 
 
-def _interrupted(out: Path) -> Interrupted:
+def _remove(folder: Path | None) -> None:
+    if folder is not None:
+        with deferred_signals():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _interrupted(out: Path, cache: Path | None) -> Interrupted:
     """What an interrupt of a new run leaves: the finished layers (resumable), or nothing."""
     finished: list[object] = []
     try:
@@ -117,8 +128,8 @@ def _interrupted(out: Path) -> Interrupted:
     except (OSError, InputError):
         pass
     if not finished:
-        with deferred_signals():
-            shutil.rmtree(out, ignore_errors=True)
+        _remove(out)
+        _remove(cache)
         return Interrupted("interrupted before the first layer finished; nothing was written")
     return Interrupted(
         f"interrupted; the {len(finished)} finished MoE layer(s) are kept in {out}; continue with --resume"
