@@ -286,3 +286,22 @@ def test_an_offloaded_activation_cache_that_cannot_be_resumed_is_removed(
     assert r.code == 130 and "nothing was written" in r.err, r
     assert list(offload.iterdir()) == []
     assert out.exists() == replacing
+
+
+def test_resume_refuses_an_edited_last_layer(
+    tiny: Tiny, calib_ids: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupted run whose stats.json was edited must not be 'finished' with layers missing."""
+    import json
+
+    model = str(tiny("qwen3_moe"))
+    out = tmp_path / "stats"
+    args = ("calibrate", model, "--data", str(calib_ids), "-o", str(out), "--batch-size", "2")
+    with monkeypatch.context() as m:
+        _stop_on_layer(m, 1)
+        assert cli(*args).code == 130
+    meta = json.loads((out / "stats.json").read_text())
+    assert meta["finished_layers"] == [0]
+    meta["last_layer"] = 2
+    (out / "stats.json").write_text(json.dumps(meta))
+    one_line_error(cli(*args, "--resume"), "last_layer", "disagree")

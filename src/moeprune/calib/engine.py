@@ -234,6 +234,12 @@ def _resume(
             raise InputError(f"{folder}: cannot resume: the run used another {key.replace('_', ' ')}")
     if "last_layer" not in stats.meta:
         raise InputError(f"{folder}: calibration already finished; nothing to resume")
+    last = stats.meta["last_layer"]
+    if stats.meta.get("finished_layers") != [j for j in layers if j <= last]:
+        raise InputError(
+            f"{folder}: cannot resume: its last_layer ({last}) and finished_layers disagree; run calibrate again "
+            "with --overwrite"
+        )
     if cache_dir is None or not cache_dir.is_dir():
         raise InputError(
             f"{folder}: cannot resume: its activation cache ({cache_dir}) is gone; "
