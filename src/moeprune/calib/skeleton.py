@@ -56,9 +56,9 @@ class Skeleton:
         from transformers.conversion_mapping import get_model_conversion_mapping
 
         self.ckpt, self.moe, self.dtype, self.device = ckpt, moe, dtype, device
-        config = AutoConfig.from_pretrained(ckpt.path)
+        config = AutoConfig.from_pretrained(ckpt.path, trust_remote_code=False)
         with torch.device("meta"):
-            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
         self.model.eval()
         self.mapping = get_model_conversion_mapping(self.model)
 
