@@ -202,8 +202,9 @@ class RoutingStats:
             )
         if self.meta.get("model_fingerprint") != model_fingerprint(ckpt, model):
             raise InputError(f"{folder}: statistics of another model (its router weights differ from {ckpt.path})")
-        unfinished = sorted(set(self.layers) - set(self.meta.get("finished_layers", self.layers)))
-        if unfinished:
+        unfinished = sorted(set(self.layers) - set(self.meta.get("finished_layers") or []))
+        if unfinished or "last_layer" in self.meta:  # a finished run drops last_layer
+            unfinished = unfinished or self.layers[-1:]
             raise InputError(f"{folder}: calibration did not finish (layer {unfinished[0]} missing); resume it")
 
 
@@ -239,6 +240,10 @@ def _check_tensors(
     counts = moments[:, :, 0, 0]
     if (counts < 0).any() or (counts != counts.round()).any():
         raise InputError(f"{path}: field moments: routed-token counts A[0][0] must be whole numbers >= 0")
+    if (moments[:, :, [0, 2], :] < 0).any():  # sums of g^α‖f‖^β with even α: never negative
+        raise InputError(f"{path}: field moments: a sum of norms or squared gates is negative")
+    if meta.get("n_tokens") == 0 and (counts > 0).any():
+        raise InputError(f"{path}: field n_tokens: 0, but experts have routed tokens")
     if shards is not None:
         if (
             shards.dtype != torch.float64
