@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from moeprune.arch.spec import Config, Family, Groups
+from moeprune.arch.spec import Config, Family, Groups, ScaledInput
 from moeprune.errors import UnsupportedFamilyError
 
 # --- which decoder layers are MoE layers -------------------------------------------------------
@@ -421,7 +421,7 @@ _ENTRIES = [
         block="feed_forward",
         router="router.weight",
         mem_experts="feed_forward.experts",
-        scaled_input=True,
+        scaled_input=ScaledInput(gate_up="gate_up_proj", down="down_proj", act="act_fn"),
         mem_router="feed_forward.router",
         tiny=_tiny(
             num_local_experts=8,

@@ -28,6 +28,19 @@ class Groups:
 
 
 @dataclass(frozen=True)
+class ScaledInput:
+    """How calibration computes an expert's output itself when the experts module never sees the
+    routing: attribute names on the experts module of its fused, transposed weights and activation,
+    f_j(x) = (up * act(gate)) @ down[j] with gate, up = (x @ gate_up[j]).chunk(2)."""
+
+    gate_up: str = "gate_up_proj"
+    """(E, H, 2I)."""
+    down: str = "down_proj"
+    """(E, I, H)."""
+    act: str = "act_fn"
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family (a config.json ``model_type``)."""
 
@@ -45,10 +58,10 @@ class Family:
     mem_experts: str = "mlp.experts"
     """Experts module path, relative to a decoder layer of the loaded model; calibration observes
     the routing it receives, ``(hidden [T, H], top_k_index [T, k], top_k_weights [T, k])``."""
-    scaled_input: bool = False
-    """The router's score multiplies the expert INPUT (Llama 4): the experts module sees no routing,
-    so calibration reads it from the router (``mem_router``) and computes f_j on the unscaled
-    input with the experts' fused, transposed weights; g is the router's score."""
+    scaled_input: ScaledInput | None = None
+    """Set when the router's score multiplies the expert INPUT (Llama 4): the experts module sees no
+    routing, so calibration reads it from the router (``mem_router``) and computes f_j on the
+    unscaled input with the experts' weights this names; g is the router's score."""
     block: str = "mlp"
     """The MoE block's name under each decoder layer, on disk; "" when the router and experts sit on
     the decoder layer itself (Gemma 4: ``layers.{L}.router``, ``layers.{L}.experts``)."""

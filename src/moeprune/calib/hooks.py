@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from moeprune.arch.spec import ScaledInput
+
 PAIRS_PER_CALL = 1 << 14
 """(token, expert) pairs per experts-module call: bounds the observer's extra memory (pairs x H)."""
 SHARDS = 8
@@ -80,14 +82,21 @@ class Observer:
     the batch being run and ``shard`` the (T,) calibration shard of each token row (`window_shards`),
     both set by the engine before each call."""
 
-    def __init__(self, layer: torch.nn.Module, experts_path: str, router_path: str, n_experts: int, scaled_input: bool):
+    def __init__(
+        self,
+        layer: torch.nn.Module,
+        experts_path: str,
+        router_path: str,
+        n_experts: int,
+        scaled_input: ScaledInput | None,
+    ):
         self.moments = Moments(n_experts, n_shards=SHARDS)
         self.valid: torch.Tensor | None = None
         self.shard: torch.Tensor | None = None
         self.experts = layer.get_submodule(experts_path)
         self._handles: list[Any] = []
-        if scaled_input:
-            self._attach_scaled(layer.get_submodule(router_path))
+        if scaled_input is not None:
+            self._attach_scaled(layer.get_submodule(router_path), scaled_input)
         else:
             self._original = self.experts.forward
             self.experts.forward = self._observed  # instance attribute: hooks and callers unchanged
@@ -147,7 +156,7 @@ class Observer:
 
     # -- scaled-input routing (Llama 4) -----------------------------------------------------------
 
-    def _attach_scaled(self, router: torch.nn.Module) -> None:
+    def _attach_scaled(self, router: torch.nn.Module, names: ScaledInput) -> None:
         def on_router(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             scores, logits = output
             x = args[0].reshape(-1, args[0].shape[-1])
@@ -156,9 +165,9 @@ class Observer:
             k = int(getattr(module, "top_k", 1))
             idx = torch.topk(logits, k, dim=1).indices  # the router's own selection
             valid = self._mask(x.shape[0], x.device)
-            w_in: torch.Tensor = self.experts.gate_up_proj  # type: ignore[assignment]  # (E, H, 2I)
-            w_out: torch.Tensor = self.experts.down_proj  # type: ignore[assignment]  # (E, I, H)
-            act: Any = self.experts.act_fn
+            w_in: torch.Tensor = getattr(self.experts, names.gate_up)  # (E, H, 2I)
+            w_out: torch.Tensor = getattr(self.experts, names.down)  # (E, I, H)
+            act: Any = getattr(self.experts, names.act)
             for j in idx.unique().tolist():
                 rows = (idx == j).any(dim=1).nonzero(as_tuple=True)[0]
                 rows = rows[valid[rows]]
