@@ -426,6 +426,7 @@ def test_cli_refusals(
 # --- CUDA ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_run_matches_cpu(model: Path, tokens: TokenBatch, reference: Path, tmp_path: Path) -> None:
     """The same run on the GPU: identical routing counts, float32 moments within GPU rounding, and a

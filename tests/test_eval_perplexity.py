@@ -264,6 +264,7 @@ def test_bad_input_is_one_line(cli: Callable[..., Any], model: Path, ids: Path, 
     assert not (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(model: Path, pruned: Path, ids: Path) -> None:
     cpu = evaluate_lm(pruned, base=model, source=ids)
