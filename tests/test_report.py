@@ -281,6 +281,9 @@ def test_report_of_many_runs(many: dict[str, Path], tmp_path: Path) -> None:
     assert html.count(IMG) == 8
     assert f"Rows and columns: {', '.join(small)}." in html and f"Rows and columns: {', '.join(large)}." in html
     assert "one panel per run: " in html and all(f"{n}-{p}" in html for n in ("aimer", "random1") for p in (25, 50))
+    # the second matrix has the same scores as the first: its Spearman half is left out, and said so
+    assert "The Spearman correlations of the scores are those of 2 of 8 experts pruned per layer" in html
+    assert "<figcaption" not in html  # the title is drawn in the figure and is its alt text, not repeated
     # agreement only within a plan size: no pair table, no pair across sizes
     assert "run A" not in html and " vs " not in html
     pairs, notes = agreement([load_run(d) for d in dirs])
@@ -562,6 +565,10 @@ def test_every_figure_renders_its_full_title_inside_the_image(scored_report: tup
         "Kept and pruned experts",
     }
     assert len(drawn) == len(titles)
+    evaluation = drawn[titles.index("Evaluation by criterion and plan size")]
+    for ax, unpruned in zip(evaluation.axes, (1.0, 0.0, 1.0), strict=True):  # ratio 1, KL 0, top-1 1 in view
+        lo, hi = ax.get_xlim()
+        assert lo < unpruned < hi
     for fig, full in zip(drawn, titles, strict=True):
         FigureCanvasAgg(fig).draw()
         renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]

@@ -14,8 +14,8 @@ scores per layer, the kept/pruned maps and the table of runs.
 Modules, one job each: ``runs`` (reading the runs), ``agreement`` (Jaccard, Spearman, pairs and
 matrices), ``blocks`` (paragraphs, tables, value formatting), ``tables`` (the tables),
 ``headline`` (the answer and the recommendation), ``stability`` (the stability section),
-``figures`` (which figures and the blocks around them), ``plots`` and ``plots_compare`` (drawing,
-matplotlib: the ``[report]`` extra, imported lazily, Agg only), ``render`` (HTML and markdown) and
+``figures`` (which figures and the blocks around them), ``plots``, ``plots_maps`` and
+``plots_compare`` (drawing, matplotlib: the ``[report]`` extra, Agg only), ``render`` (HTML and markdown) and
 ``build`` (assembling and writing).
 """
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from moeprune.report import plots, plots_compare
+from moeprune.report import plots, plots_compare, plots_maps
 from moeprune.report.agreement import agreement, agreement_matrix, criterion_grid, expected_jaccard, score_groups
 from moeprune.report.blocks import Text, get, number, ppl_ratio
 from moeprune.report.runs import Group, Run, plan_groups, size_label
@@ -86,7 +86,7 @@ def agreement_section(runs: list[Run], notes: list[str]) -> list[Block]:
         if alone:
             text += f" Not compared, no other run of their plan size: {', '.join(alone)}."
         blocks.append(Text(text))
-    drawn: list[tuple[list[str], np.ndarray, str]] = []  # (criteria, Spearman matrix, plan size) drawn so far
+    drawn: list[tuple[dict[Any, float], str]] = []  # (Spearman by pair of score sets, plan size) drawn so far
     for g in compared:
         blocks.append(Text(f"{g.label[0].upper()}{g.label[1:]}: {len(g.runs)} runs", heading=True))
         if len(g.pairs) <= plots.MAX_LINES:
@@ -94,8 +94,11 @@ def agreement_section(runs: list[Run], notes: list[str]) -> list[Block]:
             continue
         jac, rho = agreement_matrix(g)
         upper = np.array(rho)
-        criteria = [r.plan.criterion for r in g.runs]
-        same = next((size for c, m, size in drawn if c == criteria and np.array_equal(m, upper, equal_nan=True)), None)
+        keys = [_scores_key(r) for r in g.runs]
+        by_pair = {
+            frozenset((keys[a], keys[b])): float(upper[a, b]) for a in range(len(keys)) for b in range(a + 1, len(keys))
+        }
+        same = next((size for seen, size in drawn if _same_values(by_pair, seen)), None)
         if extremes_text := extremes(g):
             blocks.append(Text(extremes_text))
         if same is not None:
@@ -107,7 +110,7 @@ def agreement_section(runs: list[Run], notes: list[str]) -> list[Block]:
             )
             upper = np.full_like(upper, math.nan)
         else:
-            drawn.append((criteria, upper, g.label))
+            drawn.append((by_pair, g.label))
         blocks.append(
             plots_compare.matrix_plot(
                 f"agreement-{g.slug}-matrix",
@@ -124,6 +127,18 @@ def agreement_section(runs: list[Run], notes: list[str]) -> list[Block]:
         if all(math.isnan(v) for p in g.pairs for v in p.spearman):
             notes.append(f"no two runs with {g.label} have scores for a common layer: no Spearman values")
     return blocks
+
+
+def _scores_key(r: Run) -> Any:
+    """What a run's Spearman correlations depend on: its criterion, direction and scores."""
+    return (r.plan.criterion, r.plan.direction, tuple((i, tuple(s)) for i, s in sorted(r.scores.items())))
+
+
+def _same_values(pairs: dict[Any, float], seen: dict[Any, float]) -> bool:
+    """Whether every pair of score sets has the value ``seen`` already showed (NaN equal to NaN)."""
+    if len(set(pairs)) != len(pairs) or any(len(k) < 2 for k in pairs):  # identical scores in one group
+        return False
+    return all(k in seen and (v == seen[k] or (math.isnan(v) and math.isnan(seen[k]))) for k, v in pairs.items())
 
 
 def _agreement_lines(group: Group, suffix: bool, notes: list[str]) -> list[Block]:
@@ -186,12 +201,14 @@ def map_figures(runs: list[Run]) -> list[Block]:
     each plan size starting a row."""
     if len(runs) <= FEW_RUNS:
         return [
-            plots.map_plot(f"map-{n}-{slug(r.name)}", r.name, r.plan.criterion, r.layers, r.plan.n_experts, r.pruned())
+            plots_maps.map_plot(
+                f"map-{n}-{slug(r.name)}", r.name, r.plan.criterion, r.layers, r.plan.n_experts, r.pruned()
+            )
             for n, r in enumerate(runs, 1)
         ]
 
-    def panel(r: Run | None) -> plots.MapPanel | None:
-        return None if r is None else plots.MapPanel(r.name, r.layers, r.plan.n_experts, r.pruned())
+    def panel(r: Run | None) -> plots_maps.MapPanel | None:
+        return None if r is None else plots_maps.MapPanel(r.name, r.layers, r.plan.n_experts, r.pruned())
 
     grid = criterion_grid(runs)
     heading = f"Kept and pruned experts: {len(runs)} runs"
@@ -199,7 +216,7 @@ def map_figures(runs: list[Run]) -> list[Block]:
         criteria, sizes, cells = grid
         rows = [[panel(cells.get((c, size))) for size in sizes] for c in criteria]
         columns = [f"{z[1]} of {z[0]} pruned per layer" for z in sizes]
-        return [plots.map_grid_plot("map-all", heading, rows, columns)]
+        return [plots_maps.map_grid_plot("map-all", heading, rows, columns)]
     groups = plan_groups(runs)
     width = min(4, max(len(g.runs) for g in groups))
     rows = []
@@ -210,4 +227,4 @@ def map_figures(runs: list[Run]) -> list[Block]:
                 if p is not None:
                     p.label += f" ({g.size[1]} of {g.size[0]})"
         rows += [members[k : k + width] for k in range(0, len(members), width)]
-    return [plots.map_grid_plot("map-all", heading, rows)]
+    return [plots_maps.map_grid_plot("map-all", heading, rows)]
