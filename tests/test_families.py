@@ -125,12 +125,13 @@ LAYOUT: dict[str, Layout] = {
     "beam": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "lara_mini": Layout("model.layers", "mlp", "gate.weight", fused=_FUSED),
     "kolibri1": Layout("model.layers", "", "mlp.gate.weight", {"moe.router.expert_bias": 0}, experts="mlp.experts"),
+    "kolibri1_1": Layout("model.layers", "", "mlp.gate.weight", {"moe.router.expert_bias": 0}, experts="mlp.experts"),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
 DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_moe", "kimi_linear", "afmoe"}
 DENSE_RULE |= {"bailing_hybrid", "laguna", "sarvam_moe", "mimo_v2_flash", "hy_v3", "axk1", "minicpm5_moe"}
-DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam"}
+DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam", "kolibri1_1"}
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 

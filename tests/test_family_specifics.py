@@ -70,6 +70,7 @@ CALIBRATED = [
 NOT_CALIBRATED = {
     "glm_moe_dsa": "decoder layers pass the indexer's top-k to the next layer; the engine does not carry it",
     "gemma4": "decoder layers take a positional argument the layer-wise engine does not replay",
+    "kolibri1_1": "decoder layers pass the indexer's token pool to the next layer; the engine does not carry it",
 }
 """Registered families whose calibration is not proven yet, and why (docs/families.md says the same)."""
 

@@ -1170,6 +1170,32 @@ _ENTRIES = [
         ),
         notes="top-k on logits + bias, sigmoid of the chosen; selection bias at moe.router.expert_bias",
     ),
+    Family(
+        "kolibri1_1",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=sparse_step,
+        block="",  # as kolibri1
+        router="mlp.gate.weight",
+        experts="mlp.experts",
+        sliced=(("moe.router.expert_bias", 0),),
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=_tiny(
+            architectures=["Kolibri1_1ForCausalLM"],
+            num_experts=8,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            norm_topk_prob=True,
+            sliding_window=16,
+            mlp_only_layers=[0],
+            mlp_only_intermediate_size=96,
+            index_num_heads=1,
+            index_topk=8,
+            **_E8K2,
+        ),
+        notes="as kolibri1, with a sparse-attention indexer (kept) and mlp_only_layers",
+    ),
 ]
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
