@@ -418,3 +418,16 @@ def test_goal_through_the_cli(tiny, cli, tmp_path) -> None:  # type: ignore[no-u
     assert r.code == 0 and r.out.startswith("dry run, nothing written. aimer"), r
     r = cli("score", str(src), "--goal", "everything", "-o", str(out))
     assert r.code == 2, r
+
+
+def test_stability_takes_any_statistics_criterion_and_refuses_weight_criteria() -> None:
+    from moeprune.scoring.stability import stability
+
+    stats = _sharded([0], n_shards=3, n_experts=5)
+    unified = stability(stats, ["unified:1,0,1"], 2, resamples=10)[0]
+    assert unified.bootstrap == stability(stats, ["man"], 2, resamples=10)[0].bootstrap  # man is S(1,0,1)
+    with pytest.raises(InputError, match="aimer: not a statistics criterion"):
+        stability(stats, ["aimer"], 2)
+    stats.shards = None
+    with pytest.raises(InputError, match="run calibrate again"):
+        stability(stats, ["man"], 2)

@@ -34,7 +34,7 @@ from moeprune.arch.spec import Groups
 from moeprune.errors import InputError, MoePruneError
 from moeprune.plan import HIGHER_PRUNED
 from moeprune.scoring.stats import RoutingStats
-from moeprune.scoring.unified import NAMED, StatsCriterion
+from moeprune.scoring.unified import NAMED, StatsCriterion, stats_criterion
 
 RESAMPLES = 200
 """Bootstrap draws per criterion (the standard error of a mean Jaccard is then about 0.01)."""
@@ -144,7 +144,12 @@ def stability(
     """The stability of each statistics criterion in ``criteria`` at ``n_pruned`` experts per layer."""
     if stats.shards is None:
         raise InputError(NO_SHARDS)
-    found = [NAMED[c] if isinstance(c, str) else c for c in criteria]
+    found = []
+    for c in criteria:
+        criterion = stats_criterion(c) if isinstance(c, str) else c
+        if criterion is None:
+            raise InputError(f"{c}: not a statistics criterion (weight criteria do not depend on calibration data)")
+        found.append(criterion)
     n_exp, n_shards = stats.n_experts, stats.n_shards
     weights, parts = _weights(n_shards, resamples, seed)
     per: dict[str, list[list[float]]] = {c.name: [[] for _ in parts] for c in found}
@@ -205,7 +210,6 @@ def model_stability(
     from moeprune.arch.layout import describe
     from moeprune.io.reader import Checkpoint
     from moeprune.plan import check_feasible, n_to_prune
-    from moeprune.scoring.unified import stats_criterion
 
     ckpt = Checkpoint.open(model)
     with ckpt:
