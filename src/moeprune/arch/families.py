@@ -511,6 +511,8 @@ _ENTRIES = [
             **_MLA,
             **_E8K2,
         ),
+        calibration_blocker="its decoder layers pass the indexer's top-k tokens to the next layer "
+        "(prev_topk_indices), which layer-by-layer calibration does not carry yet",
         notes="GLM-5: as DeepSeek-V3.2 (sigmoid + correction bias, DSA indexer kept)",
     ),
     Family(
@@ -905,6 +907,8 @@ _ENTRIES = [
             ),
             audio_config=None,
         ),
+        calibration_blocker="its decoder layers take per_layer_input as a positional argument, which "
+        "layer-by-layer calibration does not replay yet",
         notes="router and fused experts on the decoder layer beside a dense MLP (kept); x per_expert_scale",
     ),
     Family(
@@ -1194,6 +1198,8 @@ _ENTRIES = [
             index_topk=8,
             **_E8K2,
         ),
+        calibration_blocker="its decoder layers pass the indexer's token pool to the next layer, which "
+        "layer-by-layer calibration does not carry yet",
         notes="as kolibri1, with a sparse-attention indexer (kept) and mlp_only_layers",
     ),
 ]

@@ -89,6 +89,9 @@ class Family:
     for removed experts, because masking the logits alone does not stop selection."""
     tiny: Mapping[str, Any] = field(default_factory=dict)
     """Config overrides that make a tiny random model of this family (tests, make-tiny)."""
+    calibration_blocker: str = ""
+    """Why the layer-wise calibration engine cannot run this family yet (empty: it can, and the tests
+    compare it with a full-model reference). Scoring by weights, pruning and verify are unaffected."""
     tiny_fused: bool = False
     """Hub checkpoints store experts under the in-memory fused names although transformers
     saves per-expert keys by default: tiny checkpoints are written fused, as on the hub."""
