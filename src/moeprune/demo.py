@@ -112,6 +112,7 @@ def _run(
     from moeprune.calib.engine import calibrate
     from moeprune.errors import VerificationError
     from moeprune.eval.perplexity import CachedLogits, eval_record, load_lm, score_tokens
+    from moeprune.eval.record import EVAL, save_eval
     from moeprune.scoring.criteria import WEIGHT_CRITERIA
     from moeprune.verify import verify
 
@@ -155,7 +156,7 @@ def _run(
             ev = score_tokens(pruned, held, base=cached, batch_size=batch_size)
             del pruned
             entry = eval_record(out / "runs" / folder.name, model, settings, held, ev)
-            (folder / "eval.json").write_text(json.dumps(entry, indent=2) + "\n")
+            save_eval(folder / EVAL, entry)
             runs.append(
                 {
                     "criterion": name,

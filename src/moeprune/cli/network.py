@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -228,7 +227,8 @@ def eval_(
     """Perplexity of MODEL (and --base), KL(base ‖ MODEL), top-1 agreement, lm-eval tasks -> eval.json."""
     from moeprune.errors import InputError
     from moeprune.eval.perplexity import evaluate_lm
-    from moeprune.io.paths import check_new, check_output, write_file
+    from moeprune.eval.record import save_eval
+    from moeprune.io.paths import check_new, check_output
 
     task_list = [t.strip() for t in (tasks or "").split(",") if t.strip()]
     if source is None and not task_list:
@@ -262,7 +262,7 @@ def eval_(
         )
     finally:
         bars.close()
-    write_file(output, json.dumps(result, indent=1) + "\n", overwrite)
+    save_eval(output, result, overwrite=overwrite)
     data = result["data"]
     if data is not None:
         note(

@@ -19,6 +19,7 @@ from typing import Any
 
 from moeprune.arch.spec import Groups
 from moeprune.errors import InputError
+from moeprune.eval.record import EVAL, load_eval
 from moeprune.plan import PrunePlan
 
 
@@ -100,7 +101,9 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     plan = PrunePlan.load(plan_file)
     if not plan.layers:
         raise InputError(f"{plan_file}: the plan has no layers")
-    run = Run(path, path.resolve().name or str(path), plan, dict(plan.scores), _read_json(path / "eval.json"))
+    evaluation = path / EVAL
+    found = load_eval(evaluation) if evaluation.exists() or evaluation.is_symlink() else None
+    run = Run(path, path.resolve().name or str(path), plan, dict(plan.scores), found)
     run.config = _read_json(path / "config.json", quiet=True) or {}
     return run
 
