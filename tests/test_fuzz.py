@@ -1,8 +1,11 @@
-"""Corrupt headers and indexes never crash with a traceback (hypothesis fuzzing).
+"""Corrupt headers, indexes, configs and scores never crash with a traceback (hypothesis fuzzing).
 
-Each example damages a copy of a sharded tiny checkpoint — random bytes written into a
-safetensors header, or random edits of the index JSON — and runs ``score``: it either still works
-(a harmless change) or stops with exit code 2 and one ``error:`` line. Any other exception fails.
+Each example damages a copy of a tiny checkpoint — random bytes written into a safetensors header,
+random edits of the index JSON, any JSON value under a config key the registry reads or in a
+header's dtype/shape/offsets/``__metadata__``, random edits of a scores.json at any depth — and runs
+the command that reads it: it either still works (a harmless change) or stops with exit code 2 and
+one ``error:`` line. Any other exception fails. The generated matrix of tests/test_edges.py covers
+the same inputs value class by value class.
 """
 
 from __future__ import annotations
@@ -158,3 +161,49 @@ def test_header_values(sharded: Path, tmp_path_factory, cli, data) -> None:  # t
     body += b" " * (-len(body) % 8)
     shard.write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + n :])
     _check(cli("score", str(work), "-o", str(work.parent / "s.json")))
+
+
+def _edit_json(data, doc):  # type: ignore[no-untyped-def]
+    """One random edit of a parsed JSON document: a value replaced, a key dropped or added, at any depth."""
+    path: list = []  # type: ignore[type-arg]
+    node = doc
+    while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else list(range(len(node)))))
+        path.append(key)
+        node = node[key]
+    how = data.draw(st.sampled_from(["replace", "drop", "add"]))
+    if not path:
+        return data.draw(VALUES) if how == "replace" else doc
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    if how == "replace":
+        parent[path[-1]] = data.draw(VALUES)
+    elif how == "drop":
+        del parent[path[-1]]
+    elif isinstance(parent, dict):
+        parent[data.draw(st.text(max_size=8))] = data.draw(VALUES)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def scores_file(fuzz_models, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    from moeprune.api import score
+
+    path = tmp_path_factory.mktemp("scores") / "scores.json"
+    path.write_text(json.dumps(score(fuzz_models["qwen3_moe"], "aimer")["aimer"].to_json()))
+    return path
+
+
+@SETTINGS
+@given(data=st.data())
+def test_scores_json_values(fuzz_models, scores_file, tmp_path_factory, cli, data) -> None:  # type: ignore[no-untyped-def]
+    """Random edits of a scores.json at any depth: prune --scores --dry-run works or says one line."""
+    doc = _edit_json(data, json.loads(scores_file.read_text()))
+    if data.draw(st.booleans()):
+        doc = {"criteria": {"aimer": doc}}
+    work = tmp_path_factory.mktemp("s")
+    (work / "scores.json").write_text(json.dumps(doc))
+    args = ("prune", str(fuzz_models["qwen3_moe"]), "--prune", "2", "--scores", str(work / "scores.json"))
+    _check(cli(*args, "--dry-run", "-o", str(work / "out")))
+    assert sorted(p.name for p in work.iterdir()) == ["scores.json"]
