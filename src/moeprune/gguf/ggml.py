@@ -21,7 +21,10 @@ Dequantizer = Callable[[Any, int], Any]
 
 @cache
 def _library() -> Any:
-    spec = importlib.util.find_spec("llama_cpp")
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):  # a broken or blocked installation: as if absent
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     for folder in spec.submodule_search_locations:
