@@ -45,7 +45,7 @@ def _rows(fd: int, offset: int, rows: int, row_bytes: int) -> Any:
     import numpy as np
 
     buf = np.empty(rows * row_bytes, np.uint8)  # not zeroed: every byte is read into
-    view, done = memoryview(buf), 0
+    view, done = buf.data, 0  # a memoryview of the array
     while done < buf.size:
         got = os.preadv(fd, [view[done:]], offset + done)
         if got <= 0:
