@@ -15,17 +15,16 @@ import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from moeprune.arch.layout import MoeModel, describe
 from moeprune.arch.spec import Groups
 from moeprune.errors import InputError, PlanError
 from moeprune.io.jsonfile import read_json, regular_file, validate
 from moeprune.io.reader import Checkpoint
-from moeprune.provenance import Source, check_source
+from moeprune.provenance import Source, check_source, load_source
 
 HIGHER_PRUNED = "higher_pruned"
 LOWER_PRUNED = "lower_pruned"
@@ -74,7 +73,7 @@ class PrunePlan:
             "ratio": self.ratio,
             "n_experts": self.n_experts,
             "n_pruned_per_layer": self.n_pruned,
-            **({"source": self.source.model_dump()} if self.source is not None else {}),
+            **({"source": self.source.to_json()} if self.source is not None else {}),
             "layers": {str(i): {"kept": lp.kept, "pruned": lp.pruned} for i, lp in self.layers.items()},
         }
 
@@ -94,7 +93,8 @@ class PrunePlan:
         """A ``moeprune_plan.json`` (checked: every layer splits 0..E-1 into kept and pruned, the
         same number pruned everywhere), with the scores of the ``scores.csv`` beside it, if any."""
         path = Path(path)
-        d = validate(_PlanFile, read_json(path, "plan"), str(path))
+        d = validate(_schema(), read_json(path, "plan"), str(path))
+        source = load_source(d.source, str(path))
         layers = {}
         for key, lp in d.layers.items():
             if sorted(lp.kept + lp.pruned) != list(range(d.n_experts)) or lp.kept != sorted(lp.kept):
@@ -107,13 +107,12 @@ class PrunePlan:
         n_pruned = len(next(iter(layers.values())).pruned)
         if d.n_pruned_per_layer is not None and d.n_pruned_per_layer != n_pruned:
             raise InputError(f"{path}: n_pruned_per_layer is {d.n_pruned_per_layer}, but the layers prune {n_pruned}")
-        src = d.source
+        src = source
         if src is not None and (src.n_experts != d.n_experts or not set(layers) <= set(src.moe_layers)):
             raise InputError(f"{path}: its layers or expert count do not match the model it records ({src.model})")
         csv_file = path.parent / SCORES_CSV
         scores = _read_scores_csv(csv_file, d.n_experts) if csv_file.exists() else {}
-        return cls(d.criterion, d.direction, d.ratio, d.n_experts, layers, scores, d.source)
-
+        return cls(d.criterion, d.direction, d.ratio, d.n_experts, layers, scores, source)
 
     def check_model(self, ckpt: Checkpoint, moe: MoeModel, what: str) -> None:
         """Refuse applying this plan to (or comparing it with) a model it was not made on: its
@@ -139,25 +138,31 @@ def check_pruned_from(pruned: Path, base: str | os.PathLike[str]) -> PrunePlan:
     return made
 
 
-class _LayerFile(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+@cache
+def _schema() -> Any:
+    """The pydantic model of moeprune_plan.json, built on first use (no import cost at start-up)."""
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-    kept: list[Annotated[StrictInt, Field(ge=0)]]
-    pruned: list[Annotated[StrictInt, Field(ge=0)]]
+    class LayerFile(BaseModel):
+        model_config = ConfigDict(extra="allow", strict=True)
 
+        kept: list[Annotated[StrictInt, Field(ge=0)]]
+        pruned: list[Annotated[StrictInt, Field(ge=0)]]
 
-class _PlanFile(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    class PlanFile(BaseModel):
+        model_config = ConfigDict(extra="allow", strict=True)
 
-    format: Literal["moeprune.plan"] | None = None
-    version: Literal[1] | None = None
-    criterion: StrictStr
-    direction: Literal["higher_pruned", "lower_pruned"]
-    ratio: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
-    n_experts: Annotated[StrictInt, Field(ge=2, le=1 << 24)]
-    n_pruned_per_layer: Annotated[StrictInt, Field(ge=1, le=1 << 24)] | None = None
-    source: Source | None = None
-    layers: dict[Annotated[StrictStr, Field(pattern=r"^[0-9]{1,7}$")], _LayerFile] = Field(min_length=1)
+        format: Literal["moeprune.plan"] | None = None
+        version: Literal[1] | None = None
+        criterion: StrictStr
+        direction: Literal["higher_pruned", "lower_pruned"]
+        ratio: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+        n_experts: Annotated[StrictInt, Field(ge=2, le=1 << 24)]
+        n_pruned_per_layer: Annotated[StrictInt, Field(ge=1, le=1 << 24)] | None = None
+        source: dict[str, Any] | None = None
+        layers: dict[Annotated[StrictStr, Field(pattern=r"^[0-9]{1,7}$")], LayerFile] = Field(min_length=1)
+
+    return PlanFile
 
 
 def _read_scores_csv(path: Path, n_experts: int) -> dict[int, list[float]]:

@@ -10,29 +10,62 @@ from __future__ import annotations
 
 import hashlib
 import re
-
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+from dataclasses import asdict, dataclass
+from functools import cache
+from typing import Any
 
 from moeprune.arch.layout import MoeModel
 from moeprune.errors import InputError
+from moeprune.io.jsonfile import validate
 from moeprune.io.reader import Checkpoint
 
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(?:/|$)")
 
 
-class Source(BaseModel):
+@dataclass(frozen=True)
+class Source:
     """The model an artefact was made from."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    model: StrictStr
+    model: str
     """The folder or hub id as given."""
-    revision: StrictStr | None = None
+    family: str
+    n_experts: int
+    moe_layers: list[int]
+    fingerprint: str
+    revision: str | None = None
     """The hub commit, when the model came from the hub cache."""
-    family: StrictStr
-    n_experts: StrictInt
-    moe_layers: list[StrictInt]
-    fingerprint: StrictStr
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@cache
+def _schema() -> Any:
+    """The pydantic model of a recorded source, built on first use (no import cost at start-up)."""
+    from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+
+    class SourceFile(BaseModel):
+        model_config = ConfigDict(extra="allow", strict=True)
+
+        model: StrictStr
+        revision: StrictStr | None = None
+        family: StrictStr
+        n_experts: StrictInt
+        moe_layers: list[StrictInt]
+        fingerprint: StrictStr
+
+    return SourceFile
+
+
+def load_source(data: Any, where: str) -> Source | None:
+    """The source recorded in an artefact (``data``: its ``source`` field), checked; None when the
+    artefact was written before sources were recorded."""
+    if data is None:
+        return None
+    found = validate(_schema(), data, f"{where}: field source")
+    return Source(
+        found.model, found.family, found.n_experts, list(found.moe_layers), found.fingerprint, found.revision
+    )
 
 
 def fingerprint(ckpt: Checkpoint, moe: MoeModel) -> str:

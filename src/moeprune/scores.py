@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from moeprune.errors import InputError
 from moeprune.io.jsonfile import read_json, validate
 from moeprune.io.paths import write_file
-from moeprune.provenance import Source
+from moeprune.provenance import Source, load_source
 
 FORMAT = "moeprune.scores"
 WHAT = "moeprune scores.json"
@@ -43,41 +42,47 @@ class Scores:
         }
 
 
-class _One(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+@cache
+def _schemas() -> tuple[Any, Any]:
+    """The pydantic models of scores.json (one criterion; several), built on first use (no import
+    cost at start-up)."""
+    from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-    criterion: StrictStr
-    direction: Direction
-    layers: dict[StrictStr, list[Annotated[float, Field(allow_inf_nan=False)]]]
+    class One(BaseModel):
+        model_config = ConfigDict(extra="allow", strict=True)
 
-    @field_validator("layers")
-    @classmethod
-    def _layer_keys(cls, layers: dict[str, list[float]]) -> dict[str, list[float]]:
-        bad = next((k for k in layers if not (k.isdigit() and len(k) < 8)), None)
-        if bad is not None:
-            raise ValueError(f"layer key {bad!r} is not a layer index")
-        if not layers:
-            raise ValueError("no layers")
-        return layers
+        criterion: StrictStr
+        direction: Direction
+        layers: dict[StrictStr, list[Annotated[float, Field(allow_inf_nan=False)]]]
 
-    def scores(self) -> Scores:
-        return Scores(self.criterion, self.direction, {int(i): list(s) for i, s in self.layers.items()})
+        @field_validator("layers")
+        @classmethod
+        def _layer_keys(cls, layers: dict[str, list[float]]) -> dict[str, list[float]]:
+            bad = next((k for k in layers if not (k.isdigit() and len(k) < 8)), None)
+            if bad is not None:
+                raise ValueError(f"layer key {bad!r} is not a layer index")
+            if not layers:
+                raise ValueError("no layers")
+            return layers
+
+    class File(BaseModel):
+        model_config = ConfigDict(extra="allow", strict=True)
+
+        format: Literal["moeprune.scores"] | None = None
+        version: Literal[1] | None = None
+        source: dict[str, Any] | None = None
+
+    class Several(File):
+        criteria: dict[StrictStr, One] = Field(min_length=1)
+
+    class Single(File, One):
+        pass
+
+    return Single, Several
 
 
-class _File(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    format: Literal["moeprune.scores"] | None = None
-    version: Literal[1] | None = None
-    source: Source | None = None
-
-
-class _Several(_File):
-    criteria: dict[StrictStr, _One] = Field(min_length=1)
-
-
-class _Single(_File, _One):
-    pass
+def _scores(one: Any) -> Scores:
+    return Scores(one.criterion, one.direction, {int(i): list(s) for i, s in one.layers.items()})
 
 
 @dataclass
@@ -91,7 +96,7 @@ class ScoresFile:
 
 def save_scores(path: Path, scores: dict[str, Scores], source: Source, *, overwrite: bool = False) -> None:
     """Write scores.json atomically: one criterion at the top level, several under ``criteria``."""
-    head: dict[str, Any] = {"format": FORMAT, "version": VERSION, "source": source.model_dump()}
+    head: dict[str, Any] = {"format": FORMAT, "version": VERSION, "source": source.to_json()}
     if len(scores) == 1:
         data = head | next(iter(scores.values())).to_json()
     else:
@@ -107,9 +112,11 @@ def load_scores(path: Path) -> ScoresFile:
     path = Path(path)
     data = read_json(path, WHAT, constants=True)
     where = f"{path}: not a {WHAT}"
+    single, several = _schemas()
     if isinstance(data, dict) and "criteria" in data:
-        several = validate(_Several, data, where)
-        return ScoresFile({name: one.scores() for name, one in several.criteria.items()}, several.source)
-    single = validate(_Single, data, where)
-    made = single.scores()
-    return ScoresFile({made.criterion: made}, single.source)
+        found = validate(several, data, where)
+        scores = {name: _scores(one) for name, one in found.criteria.items()}
+    else:
+        found = validate(single, data, where)
+        scores = {found.criterion: _scores(found)}
+    return ScoresFile(scores, load_source(found.source, str(path)))

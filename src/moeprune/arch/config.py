@@ -1,7 +1,8 @@
 """config.json validated once, at the edge: every key the registry reads, typed and bounded.
 
 `load_config` reads a checkpoint's config.json and checks it, and its ``text_config`` when
-present, against `ConfigFields`: integers are JSON integers (no strings, floats, booleans, NaN or
+present, against `FIELDS` (a plain table of checks: this runs on every command, and a schema
+library's import would cost more than the check): integers are JSON integers (no strings, floats, booleans, NaN or
 infinities) within a range a real model can have, lists are lists of such integers, objects are
 objects. Any other key is kept as it is and never read by moeprune. Everything past this edge (the
 family rules in `families`, `layout.describe`, surgery, verify, eval) reads the checked dict. A
@@ -10,91 +11,129 @@ family rule that starts reading a new key adds it here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from typing import Any
 
 from moeprune.errors import InputError
-from moeprune.io.jsonfile import read_json, validate
+from moeprune.io.jsonfile import read_json, shown
 
 _LIMIT = 1 << 24
 """No count, index or size a family rule reads is this large (16.7 M)."""
 
-Count = Annotated[StrictInt, Field(ge=1, le=_LIMIT)]
-"""Experts, top-k, layers: at least one."""
-Index = Annotated[StrictInt, Field(ge=0, le=_LIMIT)]
+Check = Callable[[Any], str | None]
+"""A value's check: None when it is fine, else what is wrong (checks run on non-null values)."""
+
+
+def _integer(lo: int, hi: int) -> Check:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, int) or isinstance(v, bool):
+            return "must be a whole number"
+        return None if lo <= v <= hi else f"must be between {lo} and {hi}"
+
+    return check
+
+
+def _list(item: Check) -> Check:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list):
+            return "must be a list"
+        return next((f"item {i} {e}" for i, x in enumerate(v) if (e := item(x)) is not None), None)
+
+    return check
+
+
+def _string(v: Any) -> str | None:
+    return None if isinstance(v, str) else "must be a string"
+
+
+def _object(v: Any) -> str | None:
+    return None if isinstance(v, dict) else "must be an object"
+
+
+def _boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _one_of(*names: str) -> Check:
+    return lambda v: None if v in names else f"must be one of {', '.join(names)}"
+
+
+COUNT = _integer(1, _LIMIT)
+"""Experts, top-k, layers, groups, steps: at least one."""
+INDEX = _integer(0, _LIMIT)
 """Layer indices, offsets and counts of dense layers: 0 is a real value."""
-Size = Annotated[StrictInt, Field(ge=1, le=1 << 40)]
+SIZE = _integer(1, 1 << 40)
 """Vocabulary and position counts."""
 
-
-class ConfigFields(BaseModel):
-    """The keys of config.json (or its ``text_config``) that moeprune reads."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    model_type: StrictStr | None = None
-    architectures: list[StrictStr] | None = None
-    auto_map: dict[str, Any] | None = None
-    text_config: dict[str, Any] | None = None
-    quantization_config: dict[str, Any] | None = None
-    num_hidden_layers: Count | None = None
-    vocab_size: Size | None = None
-    max_position_embeddings: Size | None = None
-    tie_word_embeddings: StrictBool | None = None
+FIELDS: dict[str, Check] = {
+    "model_type": _string,
+    "architectures": _list(_string),
+    "auto_map": _object,
+    "text_config": _object,
+    "quantization_config": _object,
+    "num_hidden_layers": COUNT,
+    "vocab_size": SIZE,
+    "max_position_embeddings": SIZE,
+    "tie_word_embeddings": _boolean,
     # routed-expert count (every family's count key)
-    num_experts: Count | None = None
-    num_local_experts: Count | None = None
-    n_routed_experts: Count | None = None
-    moe_num_experts: Count | None = None
+    "num_experts": COUNT,
+    "num_local_experts": COUNT,
+    "n_routed_experts": COUNT,
+    "moe_num_experts": COUNT,
     # top-k
-    num_experts_per_tok: Count | None = None
-    num_experts_per_token: Count | None = None
-    top_k_experts: Count | None = None
-    moe_k: Count | None = None
-    moe_topk: Count | None = None
+    "num_experts_per_tok": COUNT,
+    "num_experts_per_token": COUNT,
+    "top_k_experts": COUNT,
+    "moe_k": COUNT,
+    "moe_topk": COUNT,
     # group-limited routing
-    n_group: Count | None = None
-    num_expert_group: Count | None = None
-    topk_group: Count | None = None
-    topk_method: Literal["greedy", "group_limited_greedy", "noaux_tc"] | None = None
+    "n_group": COUNT,
+    "num_expert_group": COUNT,
+    "topk_group": COUNT,
+    "topk_method": _one_of("greedy", "group_limited_greedy", "noaux_tc"),
     # which layers are MoE layers
-    first_k_dense_replace: Index | None = None
-    decoder_sparse_step: Count | None = None
-    mlp_only_layers: list[Index] | None = None
-    moe_layer_start_index: Index | None = None
-    moe_layer_end_index: Annotated[StrictInt, Field(ge=-1, le=_LIMIT)] | None = None
-    moe_layer_interval: Count | None = None
-    expert_layer_period: Count | None = None
-    expert_layer_offset: Index | None = None
-    interleave_moe_layer_step: Count | None = None
-    moe_layers: list[Index] | None = None
-    num_dense_layers: Index | None = None
-    mlp_layer_types: list[StrictStr] | None = None
+    "first_k_dense_replace": INDEX,
+    "decoder_sparse_step": COUNT,
+    "mlp_only_layers": _list(INDEX),
+    "moe_layer_start_index": INDEX,
+    "moe_layer_end_index": _integer(-1, _LIMIT),
+    "moe_layer_interval": COUNT,
+    "expert_layer_period": COUNT,
+    "expert_layer_offset": INDEX,
+    "interleave_moe_layer_step": COUNT,
+    "moe_layers": _list(INDEX),
+    "num_dense_layers": INDEX,
+    "mlp_layer_types": _list(_string),
+}
+"""Every key of config.json (or its ``text_config``) that moeprune reads, and its check."""
+
+QUANTIZATION_FIELDS: dict[str, Check] = {
+    "weight_block_size": _list(COUNT),
+    "modules_to_not_convert": _list(_string),
+}
+"""The part of ``quantization_config`` that scoring reads (FP8 block size)."""
 
 
-class QuantizationFields(BaseModel):
-    """The part of ``quantization_config`` that scoring reads (FP8 block size)."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    weight_block_size: list[Count] | None = None
-    modules_to_not_convert: list[StrictStr] | None = None
+def _check(fields: dict[str, Check], data: dict[str, Any], where: str) -> None:
+    for key, check in fields.items():
+        value = data.get(key)
+        if value is not None and (problem := check(value)) is not None:
+            raise InputError(f"{where}: field {key}: {problem} (got {shown(value)})")
 
 
 def check_config(config: Any, where: str) -> dict[str, Any]:
-    """``config`` (parsed config.json) checked against `ConfigFields`, also inside
-    ``text_config`` and ``quantization_config``; returned unchanged."""
+    """``config`` (parsed config.json) checked against `FIELDS`, also inside ``text_config`` and
+    ``quantization_config``; returned unchanged."""
     if not isinstance(config, dict):
         raise InputError(f"{where}: not a JSON object")
-    top = validate(ConfigFields, config, where)
-    if top.text_config is not None:
-        validate(ConfigFields, top.text_config, f"{where} (text_config)")
-    text_quant = (top.text_config or {}).get("quantization_config")
-    for quant, label in ((top.quantization_config, ""), (text_quant, " (text_config)")):
-        if quant is not None:
-            validate(QuantizationFields, quant, f"{where}{label} (quantization_config)")
+    _check(FIELDS, config, where)
+    text = config.get("text_config") or {}
+    if text:
+        _check(FIELDS, text, f"{where} (text_config)")
+    for quant, label in ((config.get("quantization_config"), ""), (text.get("quantization_config"), " (text_config)")):
+        if quant:
+            _check(QUANTIZATION_FIELDS, quant, f"{where}{label} (quantization_config)")
     return config
 
 

@@ -12,16 +12,17 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from moeprune.errors import InputError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
 MAX_JSON_BYTES = 1 << 30
 """Largest JSON file read (a scores.json of a 1,000-layer x 1,024-expert model is ~20 MB)."""
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 
 
 def regular_file(path: Path, what: str = "file") -> os.stat_result:
@@ -68,19 +69,24 @@ def read_json(path: Path, what: str = "file", *, constants: bool = False) -> Any
     return loads(data, str(path), constants=constants)
 
 
+def shown(value: Any) -> str:
+    """A value as an error line shows it: short, never the whole of a nested structure."""
+    text = repr(value) if isinstance(value, (int, float, str, bool)) or value is None else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def field_error(where: str, e: ValidationError) -> InputError:
     """One line for the first problem pydantic found: file, field path, what is wrong."""
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    value = err.get("input")
-    shown = repr(value) if isinstance(value, (int, float, str, bool)) or value is None else type(value).__name__
-    if len(shown) > 40:
-        shown = shown[:37] + "..."
-    return InputError(f"{where}: field {loc}: {err['msg'].lower()} (got {shown})")
+    return InputError(f"{where}: field {loc}: {err['msg'].lower()} (got {shown(err.get('input'))})")
 
 
 def validate(model: type[M], data: Any, where: str) -> M:
-    """``data`` checked against ``model``; a failure is one line naming ``where`` and the field."""
+    """``data`` checked against ``model``; a failure is one line naming ``where`` and the field.
+    (pydantic is imported here, not at start-up: the commands that never read an artefact skip it.)"""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -12,12 +12,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, StrictStr
-
 from moeprune.arch.config import load_config
 from moeprune.errors import InputError
 from moeprune.io.format import TensorInfo, read_bytes, read_header
-from moeprune.io.jsonfile import read_json, regular_file, validate
+from moeprune.io.jsonfile import read_json, regular_file
 
 if TYPE_CHECKING:
     import torch
@@ -176,19 +174,19 @@ def _hub_headers(repo: str, path: Path) -> dict[str, TensorInfo]:
     return tensors
 
 
-class _Index(BaseModel):
-    """model.safetensors.index.json: which shard holds each tensor."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    weight_map: dict[StrictStr, StrictStr]
+def _weight_map(data: Any, index: Path) -> dict[str, str]:
+    """The checked ``weight_map`` of model.safetensors.index.json: tensor name -> shard file."""
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{index}: field weight_map: must be an object of tensor name -> shard file name")
+    return weight_map
 
 
 def _weight_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
     """The safetensors files to read, and the index's name -> file map when there is one."""
     index = path / INDEX
     if index.exists() or index.is_symlink():
-        weight_map = validate(_Index, read_json(index, INDEX), str(index)).weight_map
+        weight_map = _weight_map(read_json(index, INDEX), index)
         files = sorted(set(weight_map.values()))
         if any(Path(f).name != f or f in ("", ".", "..") for f in files):
             raise InputError(f"{index}: names a shard outside the checkpoint folder")
