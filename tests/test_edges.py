@@ -407,9 +407,10 @@ def model_paths(env: Env, family: str, model: Path) -> Paths:
     return {"model": model, "pruned": env.pruned_of(family), "tokens": env.tokens}
 
 
-def check(capsys: pytest.CaptureFixture[str], args: list[str], watch: Watch, expect: str) -> None:
+def check(capsys: pytest.CaptureFixture[str], args: list[str], watch: Watch, expect: str) -> Outcome:
     r = run(capsys, args, [p for p in watch.inputs if p.is_dir()] + watch.folders)
     {"refused": assert_refused, "accepted": assert_accepted, "either": assert_clean}[expect](r, watch)
+    return r
 
 
 def watch_for(paths: Paths, out: Path, *extra: Path) -> Watch:
@@ -550,7 +551,7 @@ def _config_cases() -> Iterator[Any]:
             expect = "accepted" if name in f.accepted else "either" if name in f.either else "refused"
             commands = f.commands if expect == "refused" else ("inspect", "dry-run")
             for command in commands:
-                yield pytest.param(f, value, expect, command, id=f"{f.family}.{f.key}={name}-{command}")
+                yield pytest.param(f, name, value, expect, command, id=f"{f.family}.{f.key}={name}-{command}")
 
 
 def set_path(config: dict[str, Any], dotted: str, value: Any) -> None:
@@ -563,9 +564,16 @@ def set_path(config: dict[str, Any], dotted: str, value: Any) -> None:
         config[last] = value
 
 
-@pytest.mark.parametrize(("field_", "value", "expect", "command"), list(_config_cases()))
+NAMED_CLASSES = {"str", "list", "dict", "bool", "int", "fraction", "huge", "2**70", "null", "empty"} | {
+    c for c in LIST_CLASSES if c.startswith("item-") and c not in ("item-inf", "item-nan")
+}
+"""Value classes no consistency check can be the reason to refuse: the error line must name the key."""
+
+
+@pytest.mark.parametrize(("field_", "klass", "value", "expect", "command"), list(_config_cases()))
 def test_config_field(
     field_: ConfigField,
+    klass: str,
     value: Any,
     expect: str,
     command: str,
@@ -580,7 +588,10 @@ def test_config_field(
     paths = model_paths(env, field_.family, model)
     out = tmp_path / "out"
     out.mkdir()
-    check(capsys, MODEL_COMMANDS[command](paths, out), watch_for(paths, out), expect)
+    r = check(capsys, MODEL_COMMANDS[command](paths, out), watch_for(paths, out), expect)
+    name = field_.key.rpartition(".")[2]
+    if expect == "refused" and klass in NAMED_CLASSES and not (field_.kind == "dict" and klass in ("empty", "null")):
+        assert name in r.err, f"the error does not name {name}: {r.err}"
 
 
 # --- 2. safetensors headers -----------------------------------------------------------------------
@@ -1618,3 +1629,38 @@ MATRIX_SIZE = (
     + len(SPECIAL_INPUTS) * len(SPECIALS)
 )
 """Cases in the generated matrix (the module also holds a few direct tests)."""
+
+
+# --- controls: every command the matrix drives works on the unmodified inputs ----------------------
+# (without them a case could be "refused" for a reason that has nothing to do with its bad value)
+
+
+@pytest.mark.parametrize("command", list(MODEL_COMMANDS))
+def test_control_model_commands(command: str, env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = copy(env.model("qwen3_moe"), tmp_path / "model")
+    paths = model_paths(env, "qwen3_moe", model)
+    out = tmp_path / "out"
+    out.mkdir()
+    check(capsys, MODEL_COMMANDS[command](paths, out), watch_for(paths, out), "accepted")
+
+
+@pytest.mark.parametrize("command", [*PLAN_COMMANDS, "scores-prune", "scores-dry-run", "stats-score", "stats-prune"])
+def test_control_file_commands(command: str, env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    model = env.model("qwen3_moe")
+    if command in PLAN_COMMANDS:
+        pruned = copy(env.pruned_of("qwen3_moe"), tmp_path / "pruned")
+        paths = {"model": model, "pruned": pruned, "tokens": env.tokens}
+        args = PLAN_COMMANDS[command](paths, out)
+    elif command.startswith("scores"):
+        file = tmp_path / "scores.json"
+        file.write_text(json.dumps(env.scores))
+        paths = {"model": model, "scores": file}
+        args = ["prune", str(model), "--prune", "2", "--scores", str(file), "-o", str(out / "p")]
+        args += ["--dry-run"] if command.endswith("dry-run") else []
+    else:
+        stats = copy(env.stats, tmp_path / "stats")
+        paths = {"model": model, "stats": stats, "tokens": env.tokens}
+        args = _stats_commands(paths, out)[command.removeprefix("stats-")]
+    check(capsys, args, watch_for(paths, out), "accepted")
