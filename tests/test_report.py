@@ -510,7 +510,7 @@ def test_old_statistics_without_shards_say_why_there_is_no_stability(
     routing = RoutingStats.load(old)
     routing.shards = None
     routing.save(old)
-    html = build_report([runs["man-25"], runs["gean-25"]], tmp_path / "r.html", stats=old).read_text()
+    html = build_report([runs["man-25"]], tmp_path / "r.html", stats=old).read_text()
     assert "Selection stability" not in re.findall(r"<h2>(.*?)</h2>", html)
     assert "no selection-stability section: these statistics were written without per-shard moments" in html
 
@@ -537,7 +537,7 @@ def test_single_run_report_with_stability(scored: tuple[Path, dict[str, Path]], 
 
 @needs_mpl
 def test_a_folder_given_twice_is_shown_once(runs: dict[str, Path], tmp_path: Path) -> None:
-    out = build_report([runs["aimer"], runs["aimer"], runs["magnitude"]], tmp_path / "r.html")
+    out = build_report([runs["aimer"], runs["aimer"]], tmp_path / "r.html")
     html = out.read_text()
     page = re.sub(r"data:image/png;base64,[^\"]+", "", html)
     assert "(2)" not in page and "//" not in page
