@@ -78,7 +78,8 @@ def _margin(metric: str, b: Best, other: tuple[Run, float], runs: list[Run]) -> 
         else:
             more = f"+{(v / b.value - 1) * 100:.0f}%" if v < 1.5 * b.value else f"{v / b.value:.1f}× as much"
         return f"{name}{v:.3g}, {more}"
-    return f"{name}×{v:.3f}, +{(v - b.value) * 100:.1f} points"
+    more = f"+{(v / b.value - 1) * 100:.1f}%" if v < 1.5 * b.value else f"{v / b.value:.1f}× as high"
+    return f"{name}×{v:.3f}, {more}"
 
 
 def _phrase(b: Best, runs: list[Run]) -> str:
