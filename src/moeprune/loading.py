@@ -1,7 +1,7 @@
 """Opening a model: the checkpoint seen as a MoE model (`open_model`, no weights read), and what
 the commands that run the network need besides (tokenizer, text limits, the decoder layers of a
 model transformers built), with transformers never allowed to run code from the checkpoint
-(``trust_remote_code=False``)."""
+(``trust_remote_code=False``, through `hfload`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from moeprune import hfload
 from moeprune.arch.config import load_config
 from moeprune.arch.layout import MoeModel, describe
 from moeprune.errors import InputError
@@ -37,13 +38,12 @@ def decoder_layers(model: Any) -> Any:
 
 
 def load_tokenizer(path: Path) -> Any | None:
-    """The checkpoint's tokenizer, or None when it ships no tokenizer files."""
+    """The checkpoint's tokenizer (`hfload.tokenizer`: transformers' own classes only, quietly), or
+    None when it ships no tokenizer files."""
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         return None
     try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        return hfload.tokenizer(path)
     except Exception as e:  # many failure types; one meaning
         raise InputError(f"{path}: cannot load its tokenizer ({e.__class__.__name__})") from None
 

@@ -46,11 +46,11 @@ import torch
 
 from moeprune.calib.data import TOKEN_SUFFIXES, TokenBatch, load_tokens
 from moeprune.errors import InputError
+from moeprune.loading import load_tokenizer, text_limits
 from moeprune.progress import Progress
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_SEQ_LEN = 2048
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _EVAL_HINT = "pip install 'moeprune[eval]'"
 
 
@@ -104,12 +104,12 @@ def evaluate_lm(
             open_model(folder)[0].close()
     if base_path is not None and (path / PLAN).exists():  # a pruned folder: its base must be its source
         check_pruned_from(path, base_path)
-    vocab, max_pos = _text_limits(path)
+    vocab, max_pos = text_limits(path)
     if vocab is None:  # transformers would build its default vocabulary and fail on the weights
         raise InputError(f"{path / 'config.json'}: has no vocab_size")
-    tokenizer = _load_tokenizer(path)
+    tokenizer = load_tokenizer(path)
     if tokenizer is None and base_path is not None:
-        tokenizer = _load_tokenizer(base_path)
+        tokenizer = load_tokenizer(base_path)
     if tasks and tokenizer is None:
         raise InputError(f"{path}: has no tokenizer files (nor has --base); lm-eval tasks need one")
 
@@ -338,33 +338,6 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtyp
 
         dtype = auto_dtype(dev)
     return dev, getattr(torch, dtype)
-
-
-def _text_limits(path: Path) -> tuple[int | None, int | None]:
-    """(vocab_size, max_position_embeddings) from config.json, looking inside text_config if needed."""
-    from moeprune.io.reader import load_config
-
-    config = load_config(path)
-    text = config.get("text_config")
-    found: list[int | None] = []
-    for key in ("vocab_size", "max_position_embeddings"):
-        value = config.get(key)
-        if value is None and isinstance(text, dict):
-            value = text.get(key)
-        found.append(int(value) if isinstance(value, int) and value > 0 else None)
-    return found[0], found[1]
-
-
-def _load_tokenizer(path: Path) -> Any | None:
-    """The checkpoint's tokenizer, or None when it ships no tokenizer files."""
-    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
-        return None
-    try:
-        from moeprune.hfload import tokenizer
-
-        return tokenizer(path)
-    except Exception as e:  # many failure types; one meaning
-        raise InputError(f"{path}: cannot load its tokenizer ({e.__class__.__name__})") from None
 
 
 def _check_lmeval() -> None:
