@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from moeprune.arch import FAMILIES
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_VENV = Path(os.environ.get("MOEPRUNE_SERVE_VENV", ROOT / ".venv-serve"))
 SERVE_PY = SERVE_VENV / "bin" / "python"
@@ -87,6 +89,11 @@ SERVED = [
     Serve("granitemoe"),
     Serve("llama4_text"),
     Serve("hunyuan_v1_moe"),
+    Serve("dots1"),
+    Serve("exaone_moe"),
+    Serve("flex_olmo"),
+    Serve("granitemoeshared"),
+    Serve("cohere2_moe", limit="vLLM's Cohere2-MoE differs from transformers' from position 0 on (cause not isolated)"),
     Serve("deepseek_v2", sizes=MLA, engine=CPU_MLA, limit=_MLA_LIMIT),
     Serve("deepseek_v3", sizes=MLA, engine=CPU_MLA, limit=_MLA_LIMIT),
     Serve("phimoe", limit="vLLM ignores lm_head.bias (transformers without it matches to 2e-6)"),
@@ -173,15 +180,17 @@ def _broken_copy(pruned: Path) -> Path:
 def collect(work: Path, served: list[Serve], unserved: list[str], timeout: float = 1800) -> dict[str, Any]:
     """Build, prune and run every family in vLLM (one process) and transformers; return the record."""
     from moeprune import make_tiny, prune
-    from moeprune.arch import FAMILIES
 
     prompts = _prompts()
     runs: list[dict[str, Any]] = []
     record: dict[str, Any] = {"families": {}, "prompts": prompts}
     t0 = time.perf_counter()
     # served families first, then the control, then the runs expected to fail (each ends its process)
-    for s in [*served, Serve(BROKEN[0]), *(Serve(f) for f in unserved)]:
-        if s.family == BROKEN[0] and s.family in record["families"]:
+    control = Serve(BROKEN[0])
+    for s in [*served, control, *(Serve(f) for f in unserved)]:
+        if s is control:
+            if s.family not in record["families"]:
+                continue
             record["broken"] = len(runs)
             runs.append({"model": str(_broken_copy(work / BROKEN[0] / "pruned-0.5")), "dtype": "float32"})
             continue
@@ -333,3 +342,9 @@ def test_a_pruning_defect_shows(served: dict[str, Any]) -> None:
     broken = served["vllm"][served["broken"]]
     assert broken["ok"], broken["error"]
     assert _max_diff(broken["variants"][0], orig["variants"][1 + RATIOS.index(ratio)]) > 10 * ATOL
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {s.family for s in SERVED} - set(UNSERVED)))
+def test_family_not_yet_classified(family: str) -> None:
+    """Registered families not yet run in vLLM here: listed as skips, so the gap shows in every run."""
+    pytest.skip(f"{family} is not yet run in vLLM: add it to SERVED (or UNSERVED with its error)")
