@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from moeprune.calib.data import TokenBatch, load_tokens
+from moeprune.calib.data import TOKEN_SUFFIXES, TokenBatch, load_tokens
 from moeprune.errors import InputError, Interrupted, OutputError
 from moeprune.io.jsonfile import loads
 from moeprune.io.paths import atomic_dir, check_output, deferred_signals
@@ -23,9 +23,6 @@ from moeprune.io.reader import resolve
 from moeprune.loading import load_tokenizer, text_limits
 from moeprune.progress import Progress
 from moeprune.scoring.stats import RoutingStats
-
-TOKEN_FILES = (".npy", ".safetensors")
-"""Data sources that are token ids already (used exactly as given, no tokenizer)."""
 
 
 def calibrate(
@@ -102,7 +99,7 @@ def _tokens(
 ) -> TokenBatch:  # fmt: skip
     source = str(data)
     tokenizer = None
-    if not source.endswith(TOKEN_FILES):
+    if not source.endswith(TOKEN_SUFFIXES):
         tokenizer = load_tokenizer(path)
         if tokenizer is None:
             raise InputError(f"{path}: has no tokenizer files; pass token ids instead (.npy/.safetensors)")
