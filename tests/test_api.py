@@ -7,11 +7,13 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import moeprune
 from helpers import WORDS, save_word_tokenizer
+from moeprune.arch import FAMILIES
 
 Tiny = Callable[..., Path]
 
@@ -41,3 +43,18 @@ def test_calibrate_takes_a_data_source_like_the_cli(model: Path, tmp_path: Path)
     assert plan.criterion == "man" and plan.layers[0].pruned == sorted(plan.layers[0].pruned)
     assert plan.scores == scores["man"].layers
     assert moeprune.verify(model, tmp_path / "out").ok
+
+
+@pytest.mark.parametrize("family", sorted(f for f, e in FAMILIES.items() if e.calibration_blocker))
+def test_calibrate_refuses_a_family_it_cannot_run_yet(
+    family: str, tiny: Tiny, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from helpers import one_line_error
+
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.zeros((2, 8), dtype=np.int64))
+    r = cli("calibrate", str(tiny(family)), "--data", str(ids), "-o", str(tmp_path / "stats"))
+    one_line_error(r, "calibration cannot run", family)
+    assert not (tmp_path / "stats").exists()

@@ -15,6 +15,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from moeprune.arch.config import load_config
+from moeprune.arch.families import family_for_config
 from moeprune.calib.data import TOKEN_SUFFIXES, TokenBatch, load_tokens
 from moeprune.errors import InputError, Interrupted, OutputError
 from moeprune.io.jsonfile import loads
@@ -52,6 +54,9 @@ def calibrate(
     from moeprune.calib.engine import distributed_rank
 
     path = resolve(model)
+    family = family_for_config(load_config(path))
+    if family.calibration_blocker:
+        raise InputError(f"calibration cannot run {family.model_type} yet: {family.calibration_blocker}")
     if text_limits(path)[0] is None:
         raise InputError(f"{path / 'config.json'}: has no vocab_size; calibration needs it to build the model")
     inputs: list[str | os.PathLike[str]] = [path]
