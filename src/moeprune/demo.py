@@ -111,8 +111,8 @@ def _run(
     from moeprune.calib.data import load_tokens
     from moeprune.calib.engine import calibrate
     from moeprune.errors import VerificationError
-    from moeprune.eval.perplexity import CachedLogits, eval_record, load_lm, score_tokens
-    from moeprune.eval.record import EVAL, save_eval
+    from moeprune.eval.perplexity import CachedLogits, load_lm, score_tokens
+    from moeprune.eval.record import EVAL, eval_record, save_eval
     from moeprune.scoring.criteria import WEIGHT_CRITERIA
     from moeprune.verify import verify
 

@@ -46,6 +46,7 @@ import torch
 
 from moeprune.calib.data import TOKEN_SUFFIXES, TokenBatch, load_tokens
 from moeprune.errors import InputError
+from moeprune.eval.record import eval_record
 from moeprune.loading import load_tokenizer, text_limits
 from moeprune.progress import Progress
 
@@ -147,46 +148,6 @@ def evaluate_lm(
             result["tasks"] = _tasks(lm, base_lm, tokenizer, tasks, limit, include_path, batch_size, str(dev))
     result["settings"]["seconds"] = round(time.perf_counter() - started, 3)
     return result
-
-
-def eval_record(
-    model: str | os.PathLike[str],
-    base: str | os.PathLike[str] | None,
-    settings: dict[str, Any],
-    batch: TokenBatch | None = None,
-    scores: dict[str, Any] | None = None,
-    *,
-    shuffle: bool = False,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """The ``eval.json`` dictionary of ``model`` (against ``base``) from `score_tokens`' ``scores``
-    on ``batch`` (both None: no perplexity); ``tasks`` empty, for the caller to fill."""
-    record: dict[str, Any] = {
-        "model": os.fspath(model),
-        "base": None if base is None else os.fspath(base),
-        "data": None,
-        "perplexity": None,
-        "kl_mean": None,
-        "top1_agreement": None,
-        "tasks": {},
-        "settings": settings,
-    }
-    if batch is not None and scores is not None:
-        record["data"] = {
-            "source": batch.source,
-            "seq_len": batch.seq_len,
-            "n_sequences": batch.n_samples,
-            "n_tokens": batch.n_tokens,
-            "n_positions": scores["n_positions"],
-            "sha256": batch.sha256(),
-            "short": batch.short,
-            "shuffle": shuffle,
-            "seed": seed,
-        }
-        record["perplexity"] = scores["perplexity"]
-        record["kl_mean"] = scores["kl_mean"]
-        record["top1_agreement"] = scores["top1_agreement"]
-    return record
 
 
 class CachedLogits:

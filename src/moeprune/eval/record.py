@@ -1,5 +1,5 @@
 """eval.json: what `moeprune eval` (and the demo) measured for one model against its base; the
-one reader and writer of that file.
+one builder, reader and writer of that file.
 
 Version 1 files carry ``format`` and ``version``; files written before still load. Every number a
 reader uses (perplexities, KL, agreement, task scores) is checked to be a finite number of the
@@ -9,13 +9,17 @@ right sign (a perplexity may be infinite), or null when it was not computed.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from moeprune.io.jsonfile import read_json, validate
 from moeprune.io.paths import write_file
+
+if TYPE_CHECKING:
+    from moeprune.calib.tokens import TokenBatch
 
 EVAL = "eval.json"
 FORMAT = "moeprune.eval"
@@ -58,8 +62,48 @@ class _EvalFile(BaseModel):
     tasks: dict[StrictStr, _Task] = Field(default_factory=dict)
 
 
+def eval_record(
+    model: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None,
+    settings: dict[str, Any],
+    batch: TokenBatch | None = None,
+    scores: dict[str, Any] | None = None,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``eval.json`` dictionary of ``model`` (against ``base``) from `score_tokens`' ``scores``
+    on ``batch`` (both None: no perplexity); ``tasks`` empty, for the caller to fill."""
+    record: dict[str, Any] = {
+        "model": os.fspath(model),
+        "base": None if base is None else os.fspath(base),
+        "data": None,
+        "perplexity": None,
+        "kl_mean": None,
+        "top1_agreement": None,
+        "tasks": {},
+        "settings": settings,
+    }
+    if batch is not None and scores is not None:
+        record["data"] = {
+            "source": batch.source,
+            "seq_len": batch.seq_len,
+            "n_sequences": batch.n_samples,
+            "n_tokens": batch.n_tokens,
+            "n_positions": scores["n_positions"],
+            "sha256": batch.sha256(),
+            "short": batch.short,
+            "shuffle": shuffle,
+            "seed": seed,
+        }
+        record["perplexity"] = scores["perplexity"]
+        record["kl_mean"] = scores["kl_mean"]
+        record["top1_agreement"] = scores["top1_agreement"]
+    return record
+
+
 def save_eval(path: Path, record: dict[str, Any], *, overwrite: bool = False) -> None:
-    """Write ``record`` (see `eval.perplexity.eval_record`) as eval.json, atomically."""
+    """Write ``record`` (see `eval_record`) as eval.json, atomically."""
     data = {"format": FORMAT, "version": VERSION, **record}
     write_file(Path(path), json.dumps(data, indent=2) + "\n", overwrite)
 
