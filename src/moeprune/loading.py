@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from moeprune import hfload
 from moeprune.arch.config import load_config
 from moeprune.arch.layout import MoeModel, describe
 from moeprune.errors import InputError
+from moeprune.hfload import tokenizer as hf_tokenizer
 from moeprune.io.reader import Checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -43,7 +43,7 @@ def load_tokenizer(path: Path) -> Any | None:
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         return None
     try:
-        return hfload.tokenizer(path)
+        return hf_tokenizer(path)
     except Exception as e:  # many failure types; one meaning
         raise InputError(f"{path}: cannot load its tokenizer ({e.__class__.__name__})") from None
 
