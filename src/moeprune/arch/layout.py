@@ -95,9 +95,9 @@ def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeMo
     text = text_config(config, family)
     count_key, n_experts = first_key(text, family.count_keys, "routed expert count")
     _, top_k = first_key(text, family.topk_keys, "top-k")
-    if "num_hidden_layers" not in text:
+    n_layers = text.get("num_hidden_layers")
+    if n_layers is None:
         raise InputError("config.json has no num_hidden_layers")
-    n_layers = int(text["num_hidden_layers"])
     moe_ids = family.moe_layers(text)
     if not moe_ids or n_experts <= 1:
         raise InputError(f"config.json describes no routed-expert layer ({family.model_type}); nothing to prune")
