@@ -202,48 +202,6 @@ def assert_clean(r: Outcome, watch: Watch) -> None:
 # --- cases still open (xfail, strict: a fix makes them pass and the marker must go) ----------------
 
 _OPEN: dict[str, list[str]] = {
-    "topk_method null passes as 'not set'; transformers' deepseek_v2 then picks no method (UnboundLocalError)": [
-        "test_config_field[deepseek_v2.topk_method=null-inspect]",
-        "test_config_field[deepseek_v2.topk_method=null-score]",
-        "test_config_field[deepseek_v2.topk_method=null-prune]",
-        "test_config_field[deepseek_v2.topk_method=null-dry-run]",
-        "test_config_field[deepseek_v2.topk_method=null-calibrate]",
-        "test_config_field[deepseek_v2.topk_method=null-verify]",
-        "test_config_field[deepseek_v2.topk_method=null-eval]",
-    ],
-    "mlp_layer_types of another length than num_hidden_layers is accepted (transformers refuses it)": [
-        "test_config_field[kimi_linear.mlp_layer_types=too-short-inspect]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-short-score]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-short-prune]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-short-dry-run]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-short-calibrate]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-short-verify]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-short-eval]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-long-inspect]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-long-score]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-long-prune]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-long-dry-run]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-long-calibrate]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-long-verify]",
-        "test_config_field[kimi_linear.mlp_layer_types=too-long-eval]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-short-inspect]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-short-score]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-short-prune]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-short-dry-run]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-short-calibrate]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-short-verify]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-short-eval]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-long-inspect]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-long-score]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-long-prune]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-long-dry-run]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-long-calibrate]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-long-verify]",
-        "test_config_field[deepseek_v32.mlp_layer_types=too-long-eval]",
-    ],
-    "report skips a scores.csv that is a link loop, silently (as if absent)": [
-        "test_special_file_inputs[scores.csv-loop]",
-    ],
 }
 KNOWN_OPEN = {name: reason for reason, names in _OPEN.items() for name in names}
 """Findings (/work/briefs/F-findings.md) whose fix lives in another owner's module."""

@@ -305,3 +305,19 @@ def test_resume_refuses_an_edited_last_layer(
     meta["last_layer"] = 2
     (out / "stats.json").write_text(json.dumps(meta))
     one_line_error(cli(*args, "--resume"), "last_layer", "disagree")
+
+
+def test_eval_may_add_its_eval_json_to_the_model_folder(tiny: Tiny, cli: Cli, tmp_path: Path) -> None:
+    """The one exception to the output rule: eval.json beside the model it evaluates, where
+    `moeprune report` reads it; every checkpoint file stays as it was."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny("qwen3_moe"), model)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.random.default_rng(0).integers(0, 128, size=(2, 8)))
+    before = snapshot(model)
+    assert cli("eval", str(model), "--ppl", str(ids), "-o", str(model / "eval.json")).code == 0
+    after = snapshot(model)
+    assert set(after) - set(before) == {"eval.json"} and all(after[k] == v for k, v in before.items())
+    one_line_error(cli("eval", str(model), "--ppl", str(ids), "-o", str(model / "eval.json")), "already exists")

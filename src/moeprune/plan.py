@@ -111,7 +111,7 @@ class PrunePlan:
         if src is not None and (src.n_experts != d.n_experts or not set(layers) <= set(src.moe_layers)):
             raise InputError(f"{path}: its layers or expert count do not match the model it records ({src.model})")
         csv_file = path.parent / SCORES_CSV
-        scores = _read_scores_csv(csv_file, d.n_experts) if csv_file.exists() else {}
+        scores = _read_scores_csv(csv_file, d.n_experts) if csv_file.exists() or csv_file.is_symlink() else {}
         return cls(d.criterion, d.direction, d.ratio, d.n_experts, layers, scores, source)
 
     def check_model(self, ckpt: Checkpoint, moe: MoeModel, what: str) -> None:

@@ -115,11 +115,20 @@ QUANTIZATION_FIELDS: dict[str, Check] = {
 """The part of ``quantization_config`` that scoring reads (FP8 block size)."""
 
 
+NOT_NULL = frozenset({"topk_method"})
+"""Keys whose explicit null transformers does not read as 'not set' (it replaces the default)."""
+
+
 def _check(fields: dict[str, Check], data: dict[str, Any], where: str) -> None:
     for key, check in fields.items():
         value = data.get(key)
+        if value is None and key in data and key in NOT_NULL:
+            raise InputError(f"{where}: field {key}: must not be null (leave it out for the default)")
         if value is not None and (problem := check(value)) is not None:
             raise InputError(f"{where}: field {key}: {problem} (got {shown(value)})")
+    types, n_layers = data.get("mlp_layer_types"), data.get("num_hidden_layers")
+    if types is not None and n_layers is not None and len(types) != n_layers:
+        raise InputError(f"{where}: field mlp_layer_types: {len(types)} entries for {n_layers} layers")
 
 
 def check_config(config: Any, where: str) -> dict[str, Any]:

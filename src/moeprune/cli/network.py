@@ -227,13 +227,16 @@ def eval_(
     """Perplexity of MODEL (and --base), KL(base ‖ MODEL), top-1 agreement, lm-eval tasks -> eval.json."""
     from moeprune.errors import InputError
     from moeprune.eval.perplexity import evaluate_lm
-    from moeprune.eval.record import save_eval
+    from moeprune.eval.record import EVAL, save_eval
     from moeprune.io.paths import check_new, check_output
 
     task_list = [t.strip() for t in (tasks or "").split(",") if t.strip()]
     if source is None and not task_list:
         raise InputError("nothing to evaluate: give --ppl SOURCE and/or --tasks a,b")
     inputs = [p for p in (model, base, source, include_path) if p is not None and Path(p).exists()]
+    beside = Path(model).exists() and output.resolve() == (Path(model) / EVAL).resolve()
+    if beside:  # the one file eval may add to a model folder: where `moeprune report` reads it
+        inputs.remove(model)
     check_new(check_output(output, inputs), overwrite, "file")
     if ctx.obj["quiet"]:
         from transformers.utils import logging as hf_logging
