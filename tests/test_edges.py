@@ -201,8 +201,7 @@ def assert_clean(r: Outcome, watch: Watch) -> None:
 
 # --- cases still open (xfail, strict: a fix makes them pass and the marker must go) ----------------
 
-_OPEN: dict[str, list[str]] = {
-}
+_OPEN: dict[str, list[str]] = {}
 KNOWN_OPEN = {name: reason for reason, names in _OPEN.items() for name in names}
 """Findings (/work/briefs/F-findings.md) whose fix lives in another owner's module."""
 

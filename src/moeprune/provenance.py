@@ -63,9 +63,7 @@ def load_source(data: Any, where: str) -> Source | None:
     if data is None:
         return None
     found = validate(_schema(), data, f"{where}: field source")
-    return Source(
-        found.model, found.family, found.n_experts, list(found.moe_layers), found.fingerprint, found.revision
-    )
+    return Source(found.model, found.family, found.n_experts, list(found.moe_layers), found.fingerprint, found.revision)
 
 
 def fingerprint(ckpt: Checkpoint, moe: MoeModel) -> str:
