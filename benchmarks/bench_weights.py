@@ -178,7 +178,7 @@ def bench_size(layers: int, repeat: int, cold: bool, work: Path) -> dict[str, ob
         return best(runs)
 
     cat = ["sh", "-c", "cat " + " ".join(shlex.quote(str(f)) for f in files) + " >/dev/null"]
-    score = [*mp, "-q", "score", str(model), "--criterion", "aimer", "-o", str(scores)]
+    score = [*mp, "-q", "score", str(model), "--criterion", "aimer", "-o", str(scores), "--overwrite"]
 
     def warm() -> None:
         """Read the shards into the page cache (this VM evicts pages idle for a minute)."""
