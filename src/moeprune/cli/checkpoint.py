@@ -17,10 +17,11 @@ from moeprune.errors import MoePruneError
 def inspect(model: str, as_json: bool) -> None:
     """Family, MoE layers, experts, top-k, layout and sizes (reads no weights)."""
     from moeprune.api import inspect as run
-    from moeprune.gguf import inspect as run_gguf
     from moeprune.gguf import is_gguf
 
-    info = run_gguf(model) if is_gguf(model) else run(model)
+    if is_gguf(model):  # GGUF files: moeprune.gguf's inspect (gguf-py imported only then)
+        from moeprune.gguf.ops import inspect as run  # type: ignore[assignment]
+    info = run(model)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -84,7 +85,7 @@ def score(
     from moeprune.gguf import is_gguf
 
     if is_gguf(model):  # GGUF files: moeprune.gguf, same signatures
-        from moeprune.gguf import pruned_overlap, score as run  # type: ignore[assignment]  # noqa: I001
+        from moeprune.gguf.ops import pruned_overlap, score as run  # type: ignore[assignment]  # noqa: I001
     from moeprune.scoring.recommend import choose
 
     if stability and stats is None:

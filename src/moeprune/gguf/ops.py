@@ -22,11 +22,6 @@ if TYPE_CHECKING:
     from moeprune.api import Scores
 
 
-def is_gguf(model: str | os.PathLike[str]) -> bool:
-    """Whether ``model`` names a GGUF file (the CLI dispatches on this)."""
-    return str(model).lower().endswith(".gguf")
-
-
 def inspect(model: str | os.PathLike[str]) -> dict[str, Any]:
     """Architecture, MoE blocks, experts, top-k, quantization types and sizes (reads no tensor data)."""
     m = open_gguf(model)
