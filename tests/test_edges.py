@@ -268,7 +268,8 @@ class Env:
             import torch
 
             from moeprune.api import open_model
-            from moeprune.scoring.stats import RoutingStats, model_fingerprint
+            from moeprune.provenance import fingerprint as model_fingerprint
+            from moeprune.scoring.stats import RoutingStats
 
             ckpt, moe = open_model(self.model("qwen3_moe"))
             with ckpt:

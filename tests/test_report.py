@@ -396,7 +396,8 @@ def _sharded_stats(model: Path, folder: Path, n_shards: int = 4) -> None:
     import torch
 
     from moeprune.api import open_model
-    from moeprune.scoring.stats import RoutingStats, model_fingerprint
+    from moeprune.provenance import fingerprint as model_fingerprint
+    from moeprune.scoring.stats import RoutingStats
 
     ckpt, moe = open_model(model)
     with ckpt:

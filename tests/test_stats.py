@@ -18,7 +18,8 @@ import torch
 
 from moeprune.api import open_model
 from moeprune.errors import InputError
-from moeprune.scoring.stats import META, MOMENTS, RoutingStats, model_fingerprint
+from moeprune.provenance import fingerprint as model_fingerprint
+from moeprune.scoring.stats import META, MOMENTS, RoutingStats
 from moeprune.scoring.unified import NAMED, stats_criterion
 
 

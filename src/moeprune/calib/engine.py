@@ -35,7 +35,8 @@ from moeprune.calib.skeleton import Skeleton
 from moeprune.errors import InputError
 from moeprune.loading import open_model
 from moeprune.progress import Progress
-from moeprune.scoring.stats import RoutingStats, model_fingerprint
+from moeprune.provenance import fingerprint
+from moeprune.scoring.stats import RoutingStats
 
 CACHE = ".activations"
 
@@ -133,7 +134,7 @@ def calibrate(
         meta = {
             "model": str(model),
             "family": moe.family.model_type,
-            "model_fingerprint": model_fingerprint(ckpt, moe),
+            "model_fingerprint": fingerprint(ckpt, moe),
             "data": tokens.metadata(),
             "dtype": dtype,
             "batch_size": batch_size,

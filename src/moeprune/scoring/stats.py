@@ -22,7 +22,6 @@ fingerprint), and a statistics format this version reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from moeprune.arch.layout import MoeModel
 from moeprune.errors import InputError, OutputError
+from moeprune.io.jsonfile import validate
 from moeprune.io.paths import set_file_mode
 from moeprune.io.reader import Checkpoint
+from moeprune.provenance import fingerprint
 from moeprune.version import __version__
 
 FORMAT = 1
@@ -52,15 +53,6 @@ def _version() -> str:
 def _same_release(version: str) -> bool:
     """Statistics are read by the release (major.minor) that wrote them."""
     return version.split(".")[:2] == _version().split(".")[:2]
-
-
-def model_fingerprint(ckpt: Checkpoint, model: MoeModel) -> str:
-    """sha256 of every MoE layer's router weight bytes: identifies the model's routing."""
-    h = hashlib.sha256()
-    for layer in model.layers:
-        h.update(f"{layer.index}:".encode())
-        h.update(ckpt.read(layer.router).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class StatsMeta(BaseModel):
@@ -200,7 +192,7 @@ class RoutingStats:
                 f"{len(self.layers)} MoE layers; this one: {want['family']}, {want['n_experts']} experts, "
                 f"{len(model.layers)} MoE layers)"
             )
-        if self.meta.get("model_fingerprint") != model_fingerprint(ckpt, model):
+        if self.meta.get("model_fingerprint") != fingerprint(ckpt, model):
             raise InputError(f"{folder}: statistics of another model (its router weights differ from {ckpt.path})")
         unfinished = sorted(set(self.layers) - set(self.meta.get("finished_layers") or []))
         if unfinished or "last_layer" in self.meta:  # a finished run drops last_layer
@@ -209,12 +201,7 @@ class RoutingStats:
 
 
 def _check_meta(path: Path, meta: dict[str, Any]) -> None:
-    try:
-        StatsMeta.model_validate(meta)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise InputError(f"{path}: field {where}: {err['msg']}") from None
+    validate(StatsMeta, meta, str(path))
 
 
 def _check_tensors(
