@@ -11,7 +11,6 @@ in the order the criteria first appear, then as given. A folder given twice is s
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from moeprune.arch.spec import Groups
 from moeprune.errors import InputError
 from moeprune.eval.record import EVAL, load_eval
+from moeprune.io.jsonfile import read_json
 from moeprune.plan import PrunePlan
 
 
@@ -104,7 +104,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     evaluation = path / EVAL
     found = load_eval(evaluation) if evaluation.exists() or evaluation.is_symlink() else None
     run = Run(path, path.resolve().name or str(path), plan, dict(plan.scores), found)
-    run.config = _read_json(path / "config.json", quiet=True) or {}
+    run.config = _config(path / "config.json")
     return run
 
 
@@ -138,20 +138,14 @@ def _same_model(runs: list[Run]) -> None:
             )
 
 
-def _read_json(path: Path, quiet: bool = False) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+def _config(path: Path) -> dict[str, Any]:
+    """The run's config.json for the report's labels, or {} when it is missing or unreadable (the
+    run is still shown; nothing from it is trusted beyond labels)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as e:
-        if quiet:
-            return None
-        raise InputError(f"{path}: not a JSON file ({e.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        if quiet:
-            return None
-        raise InputError(f"{path}: expected a JSON object of evaluation results")
-    return data
+        data = read_json(path, "config.json") if path.is_file() else None
+    except InputError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def unique_names(runs: list[Run]) -> None:
