@@ -1202,6 +1202,12 @@ _ENTRIES = [
         "layer-by-layer calibration does not carry yet",
         notes="as kolibri1, with a sparse-attention indexer (kept) and mlp_only_layers",
     ),
+    # --- H: hash-routed families (DeepSeek-V4) ---
+    # --- K: families whose decoder layers carry state between layers ---
+    # --- R: routers with extra rows / transposed routers ---
+    # --- S: row-blocked experts, coupled expert sets, non-gated experts ---
+    # --- M1: multimodal MoEs (text model), group 1 ---
+    # --- M2: multimodal MoEs (text model), group 2 ---
 ]
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
