@@ -33,6 +33,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from moeprune.arch import FAMILIES
+
 if TYPE_CHECKING:
     from moeprune.calib.data import TokenBatch
 
@@ -54,6 +56,10 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 IDS = [c[0] for c in CASES]
 BY_ID = {c[0]: c for c in CASES}
+
+SCALED = {name for name, family in FAMILIES.items() if family.scaled_input is not None}
+"""Families whose router score multiplies the expert input (Llama 4): the reference rebuilds those
+from the router's output and the experts' input, not from routing arguments."""
 
 N_SEQ, SEQ_LEN, N_RIGHT, N_LEFT = 3, 24, 7, 5
 RTOL, ATOL = 1e-5, 1e-6
@@ -122,7 +128,7 @@ def expert_output(family: str, mod: Any, j: int, x: torch.Tensor) -> torch.Tenso
         up = up.clamp(min=-mod.limit, max=mod.limit)
         glu = gate * torch.sigmoid(gate * mod.alpha)
         return ((up + 1) * glu) @ w_down + mod.down_proj_bias[j].detach().double()  # (I, H) down
-    if family == "llama4_text":
+    if family in SCALED:
         gate, up = (x @ w_gu).chunk(2, dim=-1)  # transposed (H, 2I)
         return (up * F.silu(gate)) @ w_down  # (I, H)
     gate, up = (x @ w_gu.T).chunk(2, dim=-1)  # (2I, H): first I rows gate, next I up
@@ -144,7 +150,7 @@ def _moe_modules(model: Any, family: str) -> dict[int, Any]:
     found = {}
     for i, layer in enumerate(model.model.layers):
         for _, sub in layer.named_modules():
-            if family == "llama4_text":
+            if family in SCALED:
                 if hasattr(sub, "router") and hasattr(sub, "experts") and hasattr(sub, "shared_expert"):
                     found[i] = sub
             elif hasattr(sub, "gate_up_proj") and hasattr(sub, "down_proj"):
@@ -162,7 +168,7 @@ def build_reference(path: Path, family: str, tokens: Any) -> Reference:
     handles = []
     for i, mod in mods.items():
         store = captured[i]
-        if family == "llama4_text":
+        if family in SCALED:
 
             def block_pre(m, args, kwargs, store=store):  # type: ignore[no-untyped-def]
                 h = args[0] if args else kwargs["hidden_states"]
@@ -207,13 +213,13 @@ def build_reference(path: Path, family: str, tokens: Any) -> Reference:
         for i, mod in mods.items():
             c = captured[i]
             assert "actual" in c, f"{family}: layer {i} MoE module never ran"
-            experts = mod.experts if family == "llama4_text" else mod
+            experts = mod.experts if family in SCALED else mod
             hidden = c["hidden"]  # (T, H)
             n_tok = hidden.shape[0]
             assert n_tok == valid.numel()
-            if family == "llama4_text":
+            if family in SCALED:
                 scores, logits = c["scores"], c["logits"]  # (T, E) each
-                k = model.config.num_experts_per_tok
+                k = model.config.get_text_config().num_experts_per_tok
                 index = torch.topk(logits, k, dim=1).indices  # the router's own selection
                 weights = scores.gather(1, index)  # (T, k) sigmoid score of the selected experts
                 n_exp = scores.shape[1]
@@ -229,7 +235,7 @@ def build_reference(path: Path, family: str, tokens: Any) -> Reference:
                 tok, slot = (index == j).nonzero(as_tuple=True)
                 g = weights[tok, slot].double()  # (n_j,)
                 f = expert_output(family, experts, j, hidden[tok])  # (n_j, H)
-                if family == "llama4_text":
+                if family in SCALED:
                     rebuilt.index_add_(
                         0, tok, expert_output(family, experts, j, hidden[tok] * weights[tok, slot, None])
                     )
@@ -250,7 +256,7 @@ def build_reference(path: Path, family: str, tokens: Any) -> Reference:
                 actual=actual,
             )
     some = next(iter(mods.values()))
-    n_experts = (some.experts if family == "llama4_text" else some).num_experts
+    n_experts = (some.experts if family in SCALED else some).num_experts
     return Reference(path, family, int(n_experts), int(valid.sum()), layers)
 
 

@@ -89,6 +89,7 @@ LAYOUT: dict[str, Layout] = {
     "hunyuan_v1_moe": Layout("model.layers", "mlp", "gate.wg.weight"),
     "jamba": Layout("model.layers", "feed_forward", "router.weight"),
     "llama4_text": Layout("model.layers", "feed_forward", "router.weight", fused=_FUSED),
+    "llama4": Layout("language_model.model.layers", "feed_forward", "router.weight", fused=_FUSED),
     "lfm2_moe": Layout("model.layers", "feed_forward", "gate.weight", {"expert_bias": 0}),
     # issue 15 (docs/families.md)
     "deepseek_v32": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
@@ -129,6 +130,7 @@ LAYOUT: dict[str, Layout] = {
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
+DENSE_RULE |= {"llama4"}
 DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_moe", "kimi_linear", "afmoe"}
 DENSE_RULE |= {"bailing_hybrid", "laguna", "sarvam_moe", "mimo_v2_flash", "hy_v3", "axk1", "minicpm5_moe"}
 DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam", "kolibri1_1"}
