@@ -24,7 +24,7 @@ is recorded too: other jobs on a shared machine inflate wall time more than CPU 
 checkpoint's bytes.
 
 **Peak RSS** of every run is ``ru_maxrss`` of the measured process, taken by a small launcher
-process between this driver and it (`PEAK`). Linux carries a process's high-water mark across
+process between this driver and it (`bench_weights.PEAK`). Linux carries a process's high-water mark across
 ``exec`` into the new program's ``ru_maxrss``, so a child started straight from this driver
 reports at least the driver's own peak: writing the throughput model (``make_tiny``, ~4.5 GB) in
 the driver made every later child "peak" at 4.71 GB (issue 16). The workers also report their own
@@ -75,15 +75,6 @@ SHAPE = {
     "norm_topk_prob": False,
 }
 MODES = ("calib", "calib-disk", "plain", "base", "dense")
-PEAK = (
-    "import os, subprocess, sys\n"
-    "p = subprocess.Popen(sys.argv[2:])\n"
-    "_, status, ru = os.wait4(p.pid, 0)\n"
-    "open(sys.argv[1], 'w').write(str(ru.ru_maxrss * 1024))\n"
-    "sys.exit(os.waitstatus_to_exitcode(status))\n"
-)
-"""The launcher of every measured run: starts the command and writes its peak RSS (bytes). Being a
-fresh small process, it hands the command a high-water mark of a few MB, not the driver's."""
 RUNTIME_BYTES = 600_000_000
 """Calibrate's allowance beyond the layer and the cache: the interpreter with torch and
 transformers, the meta skeleton, the per-batch layer arguments (~0.4 GB measured)."""
@@ -95,13 +86,10 @@ DEVICE_ENV = "MOEPRUNE_BENCH_DEVICE"
 
 
 def measured(cmd: list[str]) -> tuple[bench_weights.Run, int]:
-    """Run ``cmd`` through the `PEAK` launcher: its wall and CPU time, other load, and its peak RSS."""
-    peak = ROOT / "work" / f"peak-{os.getpid()}.txt"
-    peak.unlink(missing_ok=True)
-    r = bench_weights.run([sys.executable, "-c", PEAK, str(peak), *cmd])
-    rss = int(peak.read_text())
-    peak.unlink()
-    return r, rss
+    """Run ``cmd`` through `bench_weights.run` (its `PEAK` launcher): wall and CPU time, other load,
+    and its peak RSS in bytes."""
+    r = bench_weights.run(cmd)
+    return r, round(r.rss_mb * 1048576)
 
 
 def calib_bound(model: Path, dtype: str, n_tokens: int, in_memory: bool) -> dict[str, int]:

@@ -14,8 +14,8 @@ with ``cat`` first, as moeprune would find a file it just downloaded or wrote):
   for quantized files also with gguf-py's dequantizers instead of llama.cpp's);
 - ``moeprune -q prune FILE --scores scores.json --ratio 0.5 -o out.gguf`` (copy only);
 - ``moeprune -q prune FILE -c aimer --ratio 0.5 -o out.gguf`` (score, then write);
-- peak RSS of each moeprune run (``ru_maxrss`` of that child, from ``os.wait4``; the files are
-  built in a child of their own, since a forked child's ``ru_maxrss`` counts its parent's pages).
+- peak RSS of each moeprune run (``ru_maxrss`` of that process alone, through bench_weights' launcher;
+  the files are built in a child of their own as well).
 
     python benchmarks/bench_gguf.py                     # both files, 2 repeats
     python benchmarks/bench_gguf.py --types Q8_0 --repeat 3 --keep
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_weights
 
 HIDDEN, FFN, EXPERTS, TOP_K = 2048, 768, 128, 8
 LAYERS = {"Q8_0": 7, "F16": 4}
@@ -98,14 +100,10 @@ def build(path: Path, qtype: str, layers: int) -> None:
 
 
 def run(cmd: list[str] | str, shell: bool = False) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one fresh process."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, shell=shell, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {cmd}")
-    return wall, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS in MiB) of one fresh process, through `bench_weights.run`'s launcher
+    (a child started straight from this driver would inherit its high-water mark)."""
+    r = bench_weights.run(["/bin/sh", "-c", cmd] if shell else cmd)  # type: ignore[list-item]
+    return r.wall, r.rss_mb
 
 
 def main() -> None:

@@ -13,7 +13,9 @@ For each synthetic OLMoE-shaped bf16 checkpoint (written by make_synthetic.py if
   writes), with ``--scores scores.json`` (writing only), and with ``--fsync`` (durable: compared
   with ``cp`` + ``sync``);
 - **startup**: ``moeprune --version`` (interpreter and imports), reported separately;
-- **peak RSS** of every moeprune run: ``ru_maxrss`` of that child alone (``os.wait4``).
+- **peak RSS** of every moeprune run: ``ru_maxrss`` of that process alone, taken by a small launcher
+  between this driver and it (`PEAK`): Linux carries a process's high-water mark across ``exec``, so a
+  child started straight from a larger driver would report at least the driver's peak.
 
 Every run is a fresh subprocess. Before each score or prune run the shards are read into the page
 cache again (some VMs page out file pages idle for a minute), and before each writing run earlier
@@ -73,12 +75,27 @@ def _busy_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
+PEAK = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, ru = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(ru.ru_maxrss * 1024))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+"""The launcher of every measured run: starts the command and writes its peak RSS (bytes). Being a
+fresh small process, it hands the command a high-water mark of a few MB, not the driver's."""
+
+
 def run(cmd: list[str], **kw: object) -> Run:
-    """Run ``cmd`` (a fresh process) and measure it."""
+    """Run ``cmd`` (a fresh process, through the `PEAK` launcher) and measure it."""
+    peak = ROOT / f"peak-{os.getpid()}.txt"
+    peak.parent.mkdir(parents=True, exist_ok=True)
+    peak.unlink(missing_ok=True)
     hz = os.sysconf("SC_CLK_TCK")
     b0, t0j = _busy_jiffies()
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+    launched = [sys.executable, "-c", PEAK, str(peak), *cmd]
+    p = subprocess.Popen(launched, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     b1, t1j = _busy_jiffies()
@@ -86,9 +103,11 @@ def run(cmd: list[str], **kw: object) -> Run:
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         raise SystemExit(f"{shlex.join(cmd)} failed ({p.returncode}): {err}")
-    cpu = ru.ru_utime + ru.ru_stime
+    cpu = ru.ru_utime + ru.ru_stime  # the launcher's and the command's
     others = max(0.0, ((b1 - b0) / hz - cpu) / max(1e-9, (t1j - t0j) / hz))
-    return Run(wall, cpu, ru.ru_maxrss / 1024, others)
+    rss = int(peak.read_text())
+    peak.unlink()
+    return Run(wall, cpu, rss / 1048576, others)
 
 
 def best(runs: list[Run]) -> Run:
