@@ -5,6 +5,11 @@ appear, even on a terminal) after `refuse_custom_code` has checked that transfor
 checkpoint's ``model_type``: a model that only its own Python files can build is refused with one
 line instead. `quiet()` silences transformers' progress bars and warnings inside a library call and
 restores the caller's settings afterwards.
+
+A multimodal model whose text model transformers only builds inside a ``...ForConditionalGeneration``
+(Qwen3-VL-MoE, Kimi-K2.5, GLM-4.5V...: no causal-LM class in transformers' auto mapping) is loaded
+with ``AutoModelForImageTextToText`` instead (`auto_class`); moeprune then runs its text path only
+(``input_ids``, logits from the LM head), so the vision tower is loaded untouched and never run.
 """
 
 from __future__ import annotations
@@ -63,13 +68,44 @@ def refuse_custom_code(path: Path) -> None:
     )
 
 
-def causal_lm(path: Path, **kwargs: Any) -> Any:
-    """``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs)``, quietly."""
-    from transformers import AutoModelForCausalLM
+def auto_class(model_type: str, where: Path | str = "") -> Any:
+    """The transformers auto class that builds ``model_type`` with its language-model head:
+    ``AutoModelForCausalLM`` where transformers maps the type to a causal-LM class, else
+    ``AutoModelForImageTextToText`` (a multimodal model whose text model only exists inside its
+    ``...ForConditionalGeneration``); `InputError` when transformers maps it to neither."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
 
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    prefix = f"{where}: " if where else ""
+    raise InputError(
+        f"{prefix}transformers has no causal-LM or image-text-to-text class for model_type {model_type!r}, "
+        "so moeprune cannot run it as a language model"
+    )
+
+
+def causal_lm(path: Path, **kwargs: Any) -> Any:
+    """``from_pretrained(path, trust_remote_code=False, **kwargs)`` of `auto_class` (the causal LM,
+    or the ``...ForConditionalGeneration`` of a multimodal model, run on text only), quietly."""
     refuse_custom_code(path)
+    cfg = config(path)
+    auto = auto_class(cfg.model_type, path)
     with quiet():
-        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs)
+        return auto.from_pretrained(path, trust_remote_code=False, **kwargs)
+
+
+def from_config(cfg: Any, **kwargs: Any) -> Any:
+    """``from_config(cfg, trust_remote_code=False, **kwargs)`` of `auto_class` (call it under
+    ``torch.device("meta")`` for a model without memory), quietly."""
+    auto = auto_class(cfg.model_type)
+    with quiet():
+        return auto.from_config(cfg, trust_remote_code=False, **kwargs)
 
 
 def tokenizer(path: Path) -> Any:

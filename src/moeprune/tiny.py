@@ -29,9 +29,9 @@ def make_tiny(
 ) -> Path:
     """Write a random ``family`` checkpoint to ``out`` and return its path."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from moeprune.hfload import quiet
+    from moeprune.hfload import auto_class, quiet
 
     if family not in FAMILIES:
         raise InputError(f"unknown family {family!r}; choose from {', '.join(supported())}")
@@ -45,7 +45,7 @@ def make_tiny(
     kwargs = {**entry.tiny, **(overrides or {})}
     config = AutoConfig.for_model(entry.model_type, **kwargs)  # transformers' own class: no remote code
     torch.manual_seed(seed)
-    auto = AutoModelForImageTextToText if entry.nested else AutoModelForCausalLM
+    auto = AutoModelForImageTextToText if entry.nested else auto_class(entry.model_type)
     with quiet():
         model = auto.from_config(config, trust_remote_code=False)
     gen = torch.Generator().manual_seed(seed)

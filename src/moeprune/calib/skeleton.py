@@ -52,13 +52,15 @@ class Skeleton:
     """The model with meta weights, filled layer by layer through transformers' loading code."""
 
     def __init__(self, ckpt: Checkpoint, moe: MoeModel, dtype: torch.dtype, device: torch.device):
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
         from transformers.conversion_mapping import get_model_conversion_mapping
+
+        from moeprune.hfload import from_config
 
         self.ckpt, self.moe, self.dtype, self.device = ckpt, moe, dtype, device
         config = AutoConfig.from_pretrained(ckpt.path, trust_remote_code=False)
         with torch.device("meta"):
-            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+            self.model = from_config(config, dtype=dtype)  # the multimodal ones: their ...ForConditionalGeneration
         self.model.eval()
         self.mapping = get_model_conversion_mapping(self.model)
 

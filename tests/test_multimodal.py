@@ -1,0 +1,121 @@
+"""The loader rule for multimodal MoEs whose text model transformers only builds inside a
+``...ForConditionalGeneration`` (no causal-LM class in its auto mapping): verify, calibrate and eval
+load them with ``AutoModelForImageTextToText``, run the text path only (``input_ids``; logits from
+the LM head), never run the vision tower, and find the language model's decoder layers, not the
+vision tower's. A model_type with neither class is one clear error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moeprune.errors import InputError
+from moeprune.eval.perplexity import load_lm
+from moeprune.hfload import auto_class, causal_lm, from_config, quiet
+from moeprune.loading import decoder_layers
+
+# A Qwen3-VL-MoE shaped like the hub's config.json (nested text_config / vision_config), built here
+# with transformers' own classes, independently of the registry.
+TEXT = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=128,
+    max_position_embeddings=256,
+    num_experts=8,
+    num_experts_per_tok=2,
+    moe_intermediate_size=24,
+    decoder_sparse_step=1,
+    mlp_only_layers=[],
+    tie_word_embeddings=False,
+    rope_parameters=dict(rope_type="default", rope_theta=5e6, mrope_section=[4, 2, 2], mrope_interleaved=True),
+)
+VISION = dict(
+    depth=3,
+    hidden_size=32,
+    intermediate_size=32,
+    num_heads=2,
+    out_hidden_size=64,
+    patch_size=2,
+    spatial_merge_size=1,
+    temporal_patch_size=1,
+    num_position_embeddings=16,
+    deepstack_visual_indexes=[0],
+)
+
+
+@pytest.fixture(scope="module")
+def vl_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoConfig, Qwen3VLMoeForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("qwen3_vl_moe")
+    config = AutoConfig.for_model("qwen3_vl_moe", text_config=TEXT, vision_config=VISION, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = Qwen3VLMoeForConditionalGeneration(config)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            t.add_(torch.randn_like(t) * 0.05)
+    with quiet():
+        model.save_pretrained(out)
+    return out
+
+
+def test_auto_class_rule() -> None:
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    assert auto_class("qwen3_moe") is AutoModelForCausalLM
+    assert auto_class("llama4") is AutoModelForCausalLM  # a causal-LM class wins where transformers has one
+    for model_type in ("qwen3_vl_moe", "kimi_k25", "glm4v_moe"):
+        assert auto_class(model_type) is AutoModelForImageTextToText, model_type
+
+
+def test_text_path_of_a_conditional_generation_model(vl_moe: Path) -> None:
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    model = causal_lm(vl_moe, dtype=torch.float32, device_map="cpu").eval()
+    assert type(model) is Qwen3VLMoeForConditionalGeneration
+    layers = decoder_layers(model)
+    assert layers is model.model.language_model.layers  # not model.model.visual.blocks
+    assert len(layers) == TEXT["num_hidden_layers"] != VISION["depth"]
+
+    ran: list[str] = []
+    model.model.visual.register_forward_pre_hook(lambda *_: ran.append("vision"))
+    ids = torch.randint(0, TEXT["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(ids).logits
+        by_hand = model.lm_head(model.model.language_model(input_ids=ids).last_hidden_state)
+    assert ran == []
+    assert logits.shape == (2, 12, TEXT["vocab_size"])
+    torch.testing.assert_close(logits, by_hand, rtol=0, atol=0)
+
+    # eval's loader is the same rule
+    assert type(load_lm(vl_moe, dtype="float32")) is Qwen3VLMoeForConditionalGeneration
+
+
+def test_meta_build_for_calibration(vl_moe: Path) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(vl_moe)
+    with torch.device("meta"):
+        model = from_config(config, dtype=torch.float32)
+    assert type(model).__name__ == "Qwen3VLMoeForConditionalGeneration"
+    assert all(p.is_meta for p in model.parameters())
+    assert decoder_layers(model) is model.model.language_model.layers
+
+
+def test_neither_class_is_one_error(tmp_path: Path) -> None:
+    # transformers knows qwen3_omni_moe's config (no custom code), but maps it to no causal-LM and no
+    # image-text-to-text class: its thinker is only built inside Qwen3OmniMoeForConditionalGeneration
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_omni_moe"}))
+    for load in (lambda: causal_lm(tmp_path), lambda: load_lm(tmp_path, dtype="float32")):
+        with pytest.raises(InputError) as e:
+            load()
+        assert "\n" not in str(e.value)
+        assert "no causal-LM or image-text-to-text class for model_type 'qwen3_omni_moe'" in str(e.value)
