@@ -60,6 +60,15 @@ class Layout:
     """Fused expert tensors relative to the block (axis 0 = expert); empty = per-expert keys."""
     experts: str = "experts"
     """Prefix of the per-expert tensors relative to the block (``{experts}.{j}.*``)."""
+    extra: dict[str, int] = field(default_factory=dict)
+    """Router / sliced tensors with rows after the E experts that are not routed experts (LongCat-Flash's
+    zero experts): how many; they are kept verbatim after the kept experts' rows."""
+    row_blocks: bool = False
+    """The fused tensors are 2-D [E·R, ...]: expert j is the block of rows j·R .. (j+1)·R - 1 (DBRX)."""
+    tables: tuple[str, ...] = ()
+    """Expert-id tables relative to the block (DeepSeek-V4's hash layers: ``gate.tid2eid`` [vocab, k]);
+    a layer that has one routes by it, has no selection bias, and its ids are re-routed as
+    tests/test_hash_routing.expected_table computes by hand."""
 
 
 _FUSED = ("experts.gate_up_proj", "experts.down_proj")
@@ -127,6 +136,31 @@ LAYOUT: dict[str, Layout] = {
     "lara_mini": Layout("model.layers", "mlp", "gate.weight", fused=_FUSED),
     "kolibri1": Layout("model.layers", "", "mlp.gate.weight", {"moe.router.expert_bias": 0}, experts="mlp.experts"),
     "kolibri1_1": Layout("model.layers", "", "mlp.gate.weight", {"moe.router.expert_bias": 0}, experts="mlp.experts"),
+    # S: non-gated experts (Nemotron-H), row-blocked experts (DBRX)
+    "nemotron_h": Layout("backbone.layers", "mixer", "gate.weight", {"gate.e_score_correction_bias": 0}),
+    "dbrx": Layout(
+        "transformer.blocks",
+        "ffn",
+        "router.layer.weight",
+        fused=("experts.mlp.w1", "experts.mlp.v1", "experts.mlp.w2"),
+        row_blocks=True,
+    ),
+    # M1: multimodal MoEs by their text model, group 1 (vision towers byte-identical)
+    "qwen3_vl_moe": Layout("model.language_model.layers", "mlp", "gate.weight", fused=_FUSED),  # (E, H, 2I), (E, I, H)
+    # M2: multimodal MoEs by their text model (vision towers byte-identical)
+    "aria": Layout("language_model.model.layers", "mlp", "router.weight", fused=("experts.fc1.weight", "experts.fc2.weight")),
+    "deepseek_ocr2": Layout("model.layers", "mlp", "gate.weight"),
+    "unlimited_ocr": Layout("model.layers", "mlp", "gate.weight"),
+    # H: hash-routed layers (tests/test_hash_routing.py)
+    "deepseek_v4": Layout("layers", "ffn", "gate.weight", {"gate.bias": 0}, tables=("gate.tid2eid",)),
+    # R: routers whose rows are not exactly the experts (tests/test_router_rows.py)
+    "longcat_flash": Layout(
+        "model.layers",
+        "mlp",
+        "router.classifier.weight",
+        {"router.e_score_correction_bias": 0},
+        extra={"router.classifier.weight": 4, "router.e_score_correction_bias": 4},  # zero_expert_num of the tiny
+    ),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
@@ -134,11 +168,13 @@ DENSE_RULE |= {"llama4"}
 DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_moe", "kimi_linear", "afmoe"}
 DENSE_RULE |= {"bailing_hybrid", "laguna", "sarvam_moe", "mimo_v2_flash", "hy_v3", "axk1", "minicpm5_moe"}
 DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam", "kolibri1_1"}
+DENSE_RULE |= {"deepseek_ocr2", "unlimited_ocr"}  # M2
+DENSE_RULE |= {"nemotron_h"}  # S: Mamba and attention layers (layers_block_type)
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
 COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-TOPK_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token", "top_k_experts")
+TOPK_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token", "top_k_experts", "moe_top_k")
 RATIOS = (0.25, 0.5)
 ATOL = 1e-5
 
@@ -160,6 +196,12 @@ def n_groups(family: str, text: dict[str, Any]) -> int:
 
 def text_of(config: dict[str, Any]) -> dict[str, Any]:
     return config["text_config"] if isinstance(config.get("text_config"), dict) else config
+
+
+def counts_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The config object with the expert count and top-k: DBRX nests them in ``ffn_config``."""
+    text = text_of(config)
+    return text["ffn_config"] if isinstance(text.get("ffn_config"), dict) else text
 
 
 def test_every_family_has_a_layout() -> None:
@@ -250,7 +292,7 @@ class Pruned:
 
     @property
     def n_experts(self) -> int:
-        text = text_of(self.src_config)
+        text = counts_of(self.src_config)
         return int(next(text[k] for k in COUNT_KEYS if text.get(k) is not None))
 
     @property
@@ -312,6 +354,19 @@ def expert_layers(model: Any) -> dict[int, Any]:
     return found
 
 
+def expert_matrices(experts: Any) -> dict[str, torch.Tensor]:
+    """The routed-expert matrices of an experts module as transformers builds it, each (E, ...), expert
+    first, biases apart: fused ``gate_up_proj`` / ``down_proj`` (either orientation); Nemotron-H's
+    non-gated ``up_proj`` / ``down_proj``; DBRX's ``mlp.w1`` / ``v1`` / ``w2`` [E·I, H], viewed (E, I, H)."""
+    params = dict(experts.named_parameters())
+    names = sorted(set(params) - {"gate_up_proj_bias", "down_proj_bias"})
+    assert names in (["down_proj", "gate_up_proj"], ["down_proj", "up_proj"], ["mlp.v1", "mlp.w1", "mlp.w2"]), names
+    if names[0].startswith("mlp."):
+        n = int(experts.num_experts)
+        return {k: params[k].reshape(n, -1, params[k].shape[-1]) for k in names}
+    return {k: params[k] for k in names}
+
+
 @case_param
 def test_logits_equal_masked_original(case: Case, pruned: Callable[..., Pruned], cli: Callable[..., Any]) -> None:
     r = pruned(case, cli)
@@ -328,7 +383,7 @@ def test_logits_equal_masked_original(case: Case, pruned: Callable[..., Pruned],
     model = load_causal_lm(r.out)
     kept = r.n_experts - r.n_pruned
     for i, experts in expert_layers(model).items():
-        assert experts.gate_up_proj.shape[0] == experts.down_proj.shape[0] == kept, f"layer {i}"
+        assert {w.shape[0] for w in expert_matrices(experts).values()} == {kept}, f"layer {i}"
     with torch.no_grad():
         got = model(ids).logits
     torch.testing.assert_close(got, reference, atol=ATOL, rtol=0)
@@ -356,12 +411,27 @@ def test_tensors_sliced_renumbered_and_untouched(
         idx = torch.tensor(kept)
         block = r.block(layer)
         rows = {lay.router: 0, **lay.sliced, **dict.fromkeys(lay.fused, 0)}
+        tables = [block + t for t in lay.tables if block + t in src]
         for rel, axis in rows.items():
             name = block + rel
+            if tables and rel in lay.sliced and name not in src:
+                continue  # a table-routed layer (DeepSeek-V4 hash layer) has no selection bias
             assert name in src, f"{name} missing from the source checkpoint"
-            assert src[name].shape[axis] == n, f"{name}: {tuple(src[name].shape)} has no expert axis {axis}"
-            expected[name] = src[name].index_select(axis, idx)
+            more = lay.extra.get(rel, 0)  # rows after the experts: kept, after the kept experts' rows
+            if lay.row_blocks and rel in lay.fused:  # [E·R, ...]: expert j's block of R rows
+                t = src[name]
+                assert t.shape[0] % n == 0 and t.shape[0] > n, f"{name}: {tuple(t.shape)} is no [E·R, ...] tensor"
+                expected[name] = t.reshape(n, -1, *t.shape[1:])[idx].reshape(-1, *t.shape[1:])
+                indexed.add(name)
+                continue
+            assert src[name].shape[axis] == n + more, f"{name}: {tuple(src[name].shape)} has no expert axis {axis}"
+            expected[name] = src[name].index_select(axis, torch.cat([idx, torch.arange(n, n + more)]))
             indexed.add(name)
+        for name in tables:
+            from test_hash_routing import expected_table
+
+            expected[name] = expected_table(src[name], kept, n)
+            routed.add(name)
         per = re.compile(re.escape(f"{block}{lay.experts}.") + r"(\d+)\.(.+)$")
         found: dict[int, set[str]] = {}
         routed |= indexed
@@ -394,7 +464,10 @@ def test_tensors_sliced_renumbered_and_untouched(
     for name in indexed:
         assert out[name].shape != src[name].shape, f"{name}: an indexed tensor kept its original shape"
 
-    dense = sorted(set(range(int(text_of(r.src_config)["num_hidden_layers"]))) - set(moe))
+    text = text_of(r.src_config)
+    n_layers = text.get("num_hidden_layers") or text.get("num_layers")  # LongCat-Flash counts num_layers
+    n_layers = n_layers or text.get("n_layers") or len(text["layers_block_type"])  # DBRX; Nemotron-H
+    dense = sorted(set(range(int(n_layers))) - set(moe))
     if case.family in DENSE_RULE:
         assert dense, "this family's tiny config should have dense layers"
     for layer in dense:
@@ -413,7 +486,7 @@ def test_config_changes_only_the_expert_count(
     kept = r.n_experts - r.n_pruned
     expected = copy.deepcopy(r.src_config)
     rewritten = 0
-    for cfg in (expected, expected.get("text_config")):
+    for cfg in (expected, expected.get("text_config"), expected.get("ffn_config")):
         if isinstance(cfg, dict):
             for key in COUNT_KEYS:
                 if cfg.get(key) is not None:
@@ -421,7 +494,7 @@ def test_config_changes_only_the_expert_count(
                     rewritten += 1
     assert rewritten >= 1
     assert r.out_config == expected
-    src_text, out_text = text_of(r.src_config), text_of(r.out_config)
+    src_text, out_text = counts_of(r.src_config), counts_of(r.out_config)
     topk = [key for key in TOPK_KEYS if src_text.get(key) is not None]
     assert topk and all(out_text[key] == src_text[key] for key in topk)
 
@@ -490,17 +563,11 @@ def test_weight_scores_equal_hand_computation(
     with_bias: dict[str, list[float]] = {}
     for i, experts in expert_layers(model).items():
         params = dict(experts.named_parameters())
-        assert (
-            {"gate_up_proj", "down_proj"}
-            <= set(params)
-            <= {"gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias"}
-        ), sorted(params)
-        gate_up = experts.gate_up_proj.detach().double().numpy()  # (E, 2I, H) or transposed
-        down = experts.down_proj.detach().double().numpy()  # (E, H, I) or transposed
+        matrices = [m.detach().double().numpy() for m in expert_matrices(experts).values()]  # (E, ...) each
         biases = [params[b].detach().double().numpy() for b in ("gate_up_proj_bias", "down_proj_bias") if b in params]
         aimer[str(i)], magnitude[str(i)], with_bias[str(i)] = [], [], []
-        for j in range(gate_up.shape[0]):
-            w = np.concatenate([gate_up[j].ravel(), down[j].ravel()])
+        for j in range(matrices[0].shape[0]):
+            w = np.concatenate([m[j].ravel() for m in matrices])
             aimer[str(i)].append(np.mean(np.abs(w)) / np.sqrt(np.mean(w * w)))
             magnitude[str(i)].append(np.mean(np.abs(w)))
             wb = np.concatenate([w, *(b[j].ravel() for b in biases)])

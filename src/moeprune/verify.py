@@ -4,8 +4,10 @@ Both checkpoints are loaded with transformers on CPU in float32. In the original
 experts are masked out of every MoE layer's router: their router logits get -inf (intercepted
 where the router computes them, so every routing rule downstream sees the mask), and for routers
 that select on score + bias, their selection-bias entries are set to -inf as well, because a
-sigmoid of -inf plus a finite bias can still be chosen. The two models' logits on a fixed random
-token batch must agree to ``atol``.
+sigmoid of -inf plus a finite bias can still be chosen. In layers that choose experts from a table
+of expert ids (DeepSeek-V4's hash layers), the table's slots naming removed experts are re-routed
+as the surgery re-routes them (`moeprune.io.idtable`), since the pruned table cannot leave a slot
+empty. The two models' logits on a fixed random token batch must agree to ``atol``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from moeprune.arch.families import family_for_config
 from moeprune.arch.layout import text_config
 from moeprune.errors import InputError
 from moeprune.hfload import quiet
+from moeprune.io.idtable import reroute_original
 from moeprune.io.reader import load_config, resolve
 from moeprune.loading import decoder_layers, open_model
 from moeprune.plan import PrunePlan, check_pruned_from
@@ -64,12 +67,16 @@ def masked_forward(model: Any, config: dict[str, Any], plan: PrunePlan, ids: Any
                 continue
             layer = layers[i]
             router = layer.get_submodule(family.mem_router)
-            mask = torch.zeros(plan.n_experts)
+            mask = torch.zeros(router.weight.shape[0])  # rows after the E experts (router_rows) stay unmasked
             mask[lp.pruned] = float("-inf")
             masks[router.weight.data_ptr()] = mask
-            if family.mem_bias is not None:
+            if family.mem_bias is not None and _has(layer, family.mem_bias):  # table-routed layers have none
                 bias = _tensor(layer, family.mem_bias)
                 bias[..., lp.pruned] = float("-inf")
+            for _, path in family.id_tables:  # hash routing: removed slots re-routed as the surgery does
+                if _has(layer, path):
+                    table = _tensor(layer, path)
+                    table.copy_(reroute_original(table, lp.kept, plan.n_experts))
 
     class MaskRouters(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -88,6 +95,14 @@ def masked_forward(model: Any, config: dict[str, Any], plan: PrunePlan, ids: Any
 def _tensor(module: Any, path: str) -> Any:
     owner, _, name = path.rpartition(".")
     return getattr(module.get_submodule(owner) if owner else module, name)
+
+
+def _has(module: Any, path: str) -> bool:
+    try:
+        _tensor(module, path)
+    except AttributeError:
+        return False
+    return True
 
 
 def verify(
@@ -117,5 +132,5 @@ def verify(
     if got.shape != reference.shape:
         raise InputError(f"logit shapes differ: pruned {list(got.shape)} vs original {list(reference.shape)}")
     diff = float((got - reference).abs().max())
-    masked = sum(1 for i in plan.layers if i < int(text["num_hidden_layers"]))
+    masked = sum(1 for i in plan.layers if i < int(family_for_config(config).n_layers(text)))
     return VerifyResult(diff, float(reference.abs().max()), masked, batch * seq_len, tolerance)

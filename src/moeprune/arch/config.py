@@ -59,6 +59,24 @@ def _one_of(*names: str) -> Check:
     return lambda v: None if v in names else f"must be one of {', '.join(names)}"
 
 
+def _pattern(chars: str) -> Check:
+    return lambda v: None if isinstance(v, str) and set(v) <= set(chars) else f"must be a string of {chars}"
+
+
+def _sub_config(*keys: str) -> Check:
+    """An object (DBRX's ``ffn_config``) whose ``keys`` are checked as `FIELDS` checks them."""
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, dict):
+            return "must be an object"
+        for key in keys:
+            if v.get(key) is not None and (problem := FIELDS[key](v[key])) is not None:
+                return f"{key} {problem} (got {shown(v[key])})"
+        return None
+
+    return check
+
+
 COUNT = _integer(1, _LIMIT)
 """Experts, top-k, layers, groups, steps: at least one."""
 INDEX = _integer(0, _LIMIT)
@@ -105,6 +123,15 @@ FIELDS: dict[str, Check] = {
     "moe_layers": _list(INDEX),
     "num_dense_layers": INDEX,
     "mlp_layer_types": _list(_string),
+    # R: LongCat-Flash (layer count; identity experts: router rows after the experts)
+    "num_layers": COUNT,
+    "zero_expert_num": INDEX,
+    # S: DBRX (n_layers; counts inside ffn_config), Nemotron-H (layer types, hub pattern)
+    "n_layers": COUNT,
+    "ffn_config": _sub_config("moe_num_experts", "moe_top_k"),
+    "moe_top_k": COUNT,
+    "layers_block_type": _list(_string),
+    "hybrid_override_pattern": _pattern("ME*-"),
 }
 """Every key of config.json (or its ``text_config``) that moeprune reads, and its check."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from moeprune.arch.spec import Config, Family, Groups, ScaledInput
+from moeprune.arch.spec import Config, Family, Groups, RouterRows, ScaledInput
 from moeprune.errors import UnsupportedFamilyError
 
 # --- which decoder layers are MoE layers -------------------------------------------------------
@@ -88,6 +88,46 @@ def mlp_layer_types(fallback: Callable[[Config], list[int]]) -> Callable[[Config
         return fallback(cfg)
 
     return rule
+
+
+# S: layer counts and MoE layers of configs without num_hidden_layers (DBRX, Nemotron-H)
+
+
+def dbrx_layer_count(cfg: Config) -> int | None:
+    """DBRX counts its decoder layers (``transformer.blocks``) in ``n_layers``."""
+    n = cfg.get("n_layers")
+    return None if n is None else int(n)
+
+
+def dbrx_layers(cfg: Config) -> list[int]:
+    """DBRX: every one of the ``n_layers`` blocks has routed experts."""
+    return list(range(dbrx_layer_count(cfg) or 0))
+
+
+_NEMOTRON_PATTERN = {"M": "linear_attention", "E": "moe", "*": "full_attention", "-": "mlp"}
+"""The hub's ``hybrid_override_pattern``, one character per layer (transformers' mapping)."""
+
+
+def nemotron_block_types(cfg: Config) -> list[str] | None:
+    """Nemotron-H's layer types: ``layers_block_type`` (what transformers writes; its length is the
+    layer count, ``num_hidden_layers`` is not written), else the hub's ``hybrid_override_pattern``."""
+    types = cfg.get("layers_block_type")
+    if isinstance(types, list):
+        return [str(t) for t in types]
+    pattern = cfg.get("hybrid_override_pattern")
+    if isinstance(pattern, str):
+        return [_NEMOTRON_PATTERN.get(c, c) for c in pattern]
+    return None
+
+
+def nemotron_layer_count(cfg: Config) -> int | None:
+    types = nemotron_block_types(cfg)
+    return len(types) if types is not None else None
+
+
+def nemotron_layers(cfg: Config) -> list[int]:
+    """Nemotron-H: the "moe" layers ("E" in the pattern); the others are Mamba, attention or MLP."""
+    return [i for i, t in enumerate(nemotron_block_types(cfg) or []) if t == "moe"]
 
 
 # --- group-limited routing ---------------------------------------------------------------------
@@ -545,8 +585,6 @@ _ENTRIES = [
             **_MLA,
             **_E8K2,
         ),
-        calibration_blocker="its decoder layers pass the indexer's top-k tokens to the next layer "
-        "(prev_topk_indices), which layer-by-layer calibration does not carry yet",
         notes="GLM-5: as DeepSeek-V3.2 (sigmoid + correction bias, DSA indexer kept)",
     ),
     Family(
@@ -941,8 +979,6 @@ _ENTRIES = [
             ),
             audio_config=None,
         ),
-        calibration_blocker="its decoder layers take per_layer_input as a positional argument, which "
-        "layer-by-layer calibration does not replay yet",
         notes="router and fused experts on the decoder layer beside a dense MLP (kept); x per_expert_scale",
     ),
     Family(
@@ -1232,16 +1268,412 @@ _ENTRIES = [
             index_topk=8,
             **_E8K2,
         ),
-        calibration_blocker="its decoder layers pass the indexer's token pool to the next layer, which "
-        "layer-by-layer calibration does not carry yet",
         notes="as kolibri1, with a sparse-attention indexer (kept) and mlp_only_layers",
     ),
     # --- H: hash-routed families (DeepSeek-V4) ---
+    Family(
+        "deepseek_v4",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,  # every layer: "hash_moe" (table-routed) or "moe" (mlp_layer_types)
+        layers="layers",  # hub keys have no "model." prefix (layers.{L}.ffn..., embed.weight, head.weight)
+        block="ffn",
+        sliced=(("gate.bias", 0),),  # selection bias of the score-routed layers (e_score_correction_bias)
+        id_tables=(("gate.tid2eid", "mlp.gate.tid2eid"),),  # hash layers: [vocab, k] expert ids per token id
+        mtp="mtp",
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=_tiny(
+            architectures=["DeepseekV4ForCausalLM"],
+            n_routed_experts=8,
+            num_experts_per_tok=3,
+            n_shared_experts=1,
+            moe_intermediate_size=32,
+            num_key_value_heads=1,
+            head_dim=32,
+            qk_rope_head_dim=8,
+            q_lora_rank=32,
+            o_groups=2,
+            o_lora_rank=16,
+            index_n_heads=2,
+            index_head_dim=16,
+            index_topk=4,
+            sliding_window=16,
+            hc_mult=4,
+            num_hash_layers=2,
+            compress_ratios=[0, 4, 128],
+            topk_method="noaux_tc",
+            scoring_func="sqrtsoftplus",
+            norm_topk_prob=True,
+            routed_scaling_factor=1.5,
+            swiglu_limit=10.0,
+            num_nextn_predict_layers=1,
+        ),
+        notes="hash-routed first layers (gate.tid2eid re-routed, io/idtable.py); sqrtsoftplus + bias; "
+        "hyper-connections and compressor attention kept",
+    ),
     # --- K: families whose decoder layers carry state between layers ---
     # --- R: routers with extra rows / transposed routers ---
+    Family(
+        "longcat_flash",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("moe_topk", "num_experts_per_tok"),
+        n_layers=lambda cfg: cfg.get("num_layers"),  # each layer: two attention blocks, two MLPs, one MoE
+        moe_layers=lambda cfg: list(range(int(cfg["num_layers"]))),
+        router="router.classifier.weight",
+        sliced=(("router.e_score_correction_bias", 0), ("router.classifier.bias", 0)),
+        router_rows=RouterRows(
+            extra=lambda cfg: int(cfg.get("zero_expert_num") or 0),  # zero-computation (identity) experts
+            tensors=("router.e_score_correction_bias", "router.classifier.bias"),
+            zero_weight_slots=True,
+        ),
+        mem_router="mlp.router.classifier",
+        mem_bias="mlp.router.e_score_correction_bias",
+        tiny=dict(
+            architectures=["LongcatFlashForCausalLM"],
+            hidden_size=64,
+            num_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=128,
+            max_position_embeddings=256,
+            ffn_hidden_size=96,
+            expert_ffn_hidden_size=32,
+            n_routed_experts=8,
+            zero_expert_num=4,
+            zero_expert_type="identity",
+            moe_topk=2,
+            routed_scaling_factor=6.0,
+            router_bias=False,
+            q_lora_rank=32,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+            head_dim=8,
+            mla_scale_q_lora=True,
+            mla_scale_kv_lora=True,
+            tie_word_embeddings=False,
+        ),
+        notes="zero-computation experts: router rows n_routed_experts + zero_expert_num (extra rows kept); num_layers",
+    ),
     # --- S: row-blocked experts, coupled expert sets, non-gated experts ---
+    Family(
+        "nemotron_h",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        n_layers=nemotron_layer_count,
+        moe_layers=nemotron_layers,
+        layers="backbone.layers",
+        block="mixer",
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mixer.gate",
+        mem_experts="mixer.experts",
+        mem_bias="mixer.gate.e_score_correction_bias",
+        # as Nemotron-3-Nano-30B-A3B's config.json (layers_block_type: what transformers writes for its pattern)
+        tiny=dict(
+            architectures=["NemotronHForCausalLM"],
+            hidden_size=64,
+            vocab_size=128,
+            max_position_embeddings=256,
+            layers_block_type=["linear_attention", "moe", "full_attention", "moe"],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=96,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            moe_shared_expert_intermediate_size=48,
+            n_group=1,
+            topk_group=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            mlp_hidden_act="relu2",
+            mamba_num_heads=4,
+            mamba_head_dim=16,
+            ssm_state_size=16,
+            n_groups=2,
+            chunk_size=16,
+            tie_word_embeddings=False,
+        ),
+        notes="Mamba hybrid (layers_block_type / hybrid_override_pattern); non-gated ReLU² experts (up, down)",
+    ),
+    Family(
+        "dbrx",
+        count_keys=("moe_num_experts",),
+        topk_keys=("moe_top_k",),
+        counts_in="ffn_config",
+        n_layers=dbrx_layer_count,
+        moe_layers=dbrx_layers,
+        layers="transformer.blocks",
+        block="ffn",
+        router="router.layer.weight",
+        row_blocks=("experts.mlp.w1", "experts.mlp.v1", "experts.mlp.w2"),
+        mem_router="ffn.router.layer",
+        mem_experts="ffn.experts",
+        # as dbrx-instruct's config.json: counts inside ffn_config, n_layers, d_model
+        tiny=dict(
+            architectures=["DbrxForCausalLM"],
+            d_model=64,
+            n_heads=4,
+            n_layers=2,
+            max_seq_len=256,
+            vocab_size=128,
+            attn_config=dict(kv_n_heads=2, clip_qkv=8.0, rope_theta=500000.0),
+            ffn_config=dict(
+                ffn_hidden_size=32,
+                moe_num_experts=8,
+                moe_top_k=2,
+                moe_jitter_eps=0.01,
+                moe_loss_weight=0.05,
+            ),
+            tie_word_embeddings=False,
+        ),
+        notes="2-D fused experts w1/v1/w2 [E·I, H] (blocks of rows); counts in ffn_config; n_layers",
+    ),
     # --- M1: multimodal MoEs (text model), group 1 ---
+    Family(
+        "qwen3_vl_moe",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=sparse_step,
+        layers="model.language_model.layers",
+        nested=True,
+        mem_router="mlp.gate",
+        tiny_transposed=("experts.gate_up_proj", "experts.down_proj"),
+        tiny=dict(
+            architectures=["Qwen3VLMoeForConditionalGeneration"],
+            text_config=_tiny(
+                num_hidden_layers=2,
+                num_experts=8,
+                moe_intermediate_size=24,
+                decoder_sparse_step=1,
+                mlp_only_layers=[],
+                rope_parameters=dict(rope_type="default", rope_theta=5000000.0, mrope_section=[4, 2, 2], mrope_interleaved=True),
+                **_E8K2,
+            ),
+            vision_config=dict(
+                depth=1,
+                hidden_size=32,
+                intermediate_size=32,
+                num_heads=2,
+                out_hidden_size=64,
+                patch_size=2,
+                spatial_merge_size=1,
+                temporal_patch_size=1,
+                num_position_embeddings=16,
+                deepstack_visual_indexes=[0],
+            ),
+        ),
+        notes="Qwen3-VL-MoE: as qwen3_moe (softmax top-k, always renormalised) under model.language_model.; "
+        "experts fused and stored transposed on disk (gate_up_proj (E, H, 2I), down_proj (E, I, H)); vision tower kept",
+    ),
+    Family(
+        "kimi_k25",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=first_k_dense(1),
+        layers="language_model.model.layers",
+        nested=True,
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=dict(
+            architectures=["KimiK25ForConditionalGeneration"],
+            text_config=_tiny(
+                model_type="kimi_k2",  # as the hub's config.json; transformers reads it as deepseek_v3
+                n_routed_experts=8,
+                moe_intermediate_size=32,
+                n_shared_experts=1,
+                first_k_dense_replace=1,
+                n_group=2,
+                topk_group=1,
+                q_lora_rank=32,
+                topk_method="noaux_tc",
+                scoring_func="sigmoid",
+                routed_scaling_factor=2.827,
+                norm_topk_prob=True,
+                **_MLA,
+                **_E8K2,
+            ),
+            vision_config=dict(
+                patch_size=2,
+                pos_emb_height=4,
+                pos_emb_width=4,
+                pos_emb_time=1,
+                num_attention_heads=2,
+                num_hidden_layers=1,
+                hidden_size=32,
+                intermediate_size=32,
+                merge_kernel_size=[2, 2],
+            ),
+            projection_hidden_size=32,
+            tie_word_embeddings=False,
+        ),
+        notes="Kimi-K2.5: as deepseek_v3 (sigmoid + correction bias, n_group) under language_model.model.; vision tower kept",
+    ),
     # --- M2: multimodal MoEs (text model), group 2 ---
+    Family(
+        "aria",
+        count_keys=("moe_num_experts",),
+        topk_keys=("moe_topk",),
+        moe_layers=all_layers,
+        layers="language_model.model.layers",
+        nested=True,
+        router="router.weight",
+        mem_router="mlp.router",
+        tiny=dict(
+            architectures=["AriaForConditionalGeneration"],
+            text_config=_tiny(model_type="aria_text", moe_num_experts=8, moe_topk=2, moe_num_shared_experts=1),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                patch_size=14,
+                image_size=28,
+            ),
+            projector_patch_to_query_dict={"4": 4},
+        ),
+        notes="Aria: top-k on the logits, softmax over the chosen; fused fc1 (E, H, 2I) / fc2 (E, I, H) "
+        "under language_model.model.; shared experts and vision tower kept",
+    ),
+    Family(
+        "deepseek_ocr2",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(first_k_dense(1)),
+        nested=True,
+        groups=v2_groups,
+        mem_router="mlp.gate",
+        tiny=dict(
+            architectures=["DeepseekOcr2ForConditionalGeneration"],
+            text_config=_tiny(
+                n_routed_experts=8,
+                moe_intermediate_size=32,
+                n_shared_experts=1,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+                topk_method="greedy",
+                n_group=1,
+                topk_group=1,
+                **_E8K2,
+            ),
+            vision_config=dict(
+                sam_config=dict(
+                    hidden_size=32,
+                    output_channels=16,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    image_size=64,
+                    patch_size=16,
+                    global_attn_indexes=[0],
+                    window_size=2,
+                    mlp_dim=32,
+                    downsample_channels=[16, 32],
+                ),
+                encoder_config=dict(
+                    hidden_size=32,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    num_key_value_heads=2,
+                    vocab_size=128,
+                    max_position_embeddings=64,
+                ),
+            ),
+        ),
+        notes="DeepSeek-OCR-2: a DeepSeek-V2 text model (softmax, greedy or group_limited_greedy) under model.layers; "
+        "SAM + Qwen2 vision encoders kept",
+    ),
+    Family(
+        "unlimited_ocr",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(first_k_dense(1)),
+        nested=True,
+        groups=v2_groups,
+        mem_router="mlp.gate",
+        tiny=dict(
+            architectures=["UnlimitedOcrForConditionalGeneration"],
+            text_config=_tiny(
+                n_routed_experts=8,
+                moe_intermediate_size=32,
+                n_shared_experts=1,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+                topk_method="greedy",
+                n_group=1,
+                topk_group=1,
+                sliding_window=16,
+                **_E8K2,
+            ),
+            vision_config=dict(
+                sam_config=dict(
+                    hidden_size=32,
+                    output_channels=16,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    image_size=64,
+                    patch_size=16,
+                    global_attn_indexes=[0],
+                    window_size=2,
+                    mlp_dim=32,
+                    downsample_channels=[16, 32],
+                ),
+                encoder_config=dict(
+                    hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+                ),
+            ),
+        ),
+        notes="Unlimited-OCR: a DeepSeek-V2 text model with sliding-window attention under model.layers; "
+        "SAM + CLIP vision encoders kept",
+    ),
+    Family(
+        "muse_spark",
+        count_keys=("num_local_experts", "num_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(all_layers),
+        layers="model.language_model.layers",
+        nested=True,
+        sliced=(("gate.e_score_correction_bias", 0),),
+        shared=("experts.post_expert_norm.weight",),
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=dict(
+            architectures=["MuseSparkForConditionalGeneration"],
+            text_config=_tiny(
+                num_local_experts=8,
+                moe_intermediate_size=32,
+                moe_hidden_size=48,
+                routed_scaling_factor=2.5,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                sliding_window=16,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                **_E8K2,
+            ),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                patch_size=2,
+                pos_emb_height=4,
+                pos_emb_width=4,
+                max_position_embeddings=16,
+                layer_types=["full_attention"],
+            ),
+            audio_config=dict(hidden_sizes=[8, 8, 8, 16], depths=[1, 1, 1, 1], out_hidden_size=64),
+            out_hidden_size=64,
+            projector_hidden_size=32,
+        ),
+        notes="Muse Spark: sigmoid + correction bias on the router (x output_multiplier), experts at a pooled width "
+        "(pre/post_expert_proj kept) with one shared experts.post_expert_norm (kept); vision and audio towers kept",
+    ),
 ]
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}

@@ -34,6 +34,15 @@ class MoeLayer:
     """Tensors whose first axis is the expert (fused weights, their biases)."""
     sliced: list[tuple[str, int]] = field(default_factory=list)
     """Router and selection-bias tensors with one entry per expert along the given axis."""
+    rows: dict[str, int] = field(default_factory=dict)
+    """Tensors of ``fused`` stored as blocks of rows (``Family.row_blocks``, [E·R, ...]): name -> R,
+    the rows of one expert (absent: 1, the first axis is the expert)."""
+    extra_rows: dict[str, int] = field(default_factory=dict)
+    """Tensors of ``sliced`` with rows after the E experts (``Family.router_rows``): name -> how
+    many; those rows are kept verbatim after the kept experts."""
+    id_tables: list[str] = field(default_factory=list)
+    """Tensors whose values are expert ids (``Family.id_tables``: DeepSeek-V4's ``gate.tid2eid``),
+    rewritten by `moeprune.io.idtable.reroute`."""
 
     @property
     def expert_tensors(self) -> list[str]:
@@ -72,6 +81,17 @@ def text_config(config: dict[str, Any], family: Family) -> dict[str, Any]:
     return config  # type: ignore[return-value]
 
 
+def counts_config(text: Mapping[str, Any], family: Family) -> dict[str, Any]:
+    """The object of the (text) config that holds the expert count and top-k: the config itself, or
+    its ``family.counts_in`` object (DBRX: ``ffn_config``)."""
+    if not family.counts_in:
+        return text  # type: ignore[return-value]
+    inner = text.get(family.counts_in)
+    if not isinstance(inner, dict):
+        raise InputError(f"config.json of a {family.model_type} model has no {family.counts_in} object")
+    return inner
+
+
 def first_key(cfg: Mapping[str, Any], keys: tuple[str, ...], what: str) -> tuple[str, int]:
     for key in keys:
         if cfg.get(key) is not None:
@@ -93,11 +113,13 @@ def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeMo
     """Resolve the family and locate and check every routed-expert tensor."""
     family = family_for_config(config)
     text = text_config(config, family)
-    count_key, n_experts = first_key(text, family.count_keys, "routed expert count")
-    _, top_k = first_key(text, family.topk_keys, "top-k")
-    n_layers = text.get("num_hidden_layers")
+    counts = counts_config(text, family)
+    count_key, n_experts = first_key(counts, family.count_keys, "routed expert count")
+    _, top_k = first_key(counts, family.topk_keys, "top-k")
+    n_layers = family.n_layers(text)
     if n_layers is None:
         raise InputError("config.json has no num_hidden_layers")
+    n_layers = int(n_layers)
     moe_ids = family.moe_layers(text)
     if not moe_ids or n_experts <= 1:
         raise InputError(f"config.json describes no routed-expert layer ({family.model_type}); nothing to prune")
@@ -113,13 +135,16 @@ def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeMo
     # layers past num_hidden_layers that hold experts (DeepSeek/GLM next-n, MTP) are pruned too,
     # numbered after the decoder layers, so that serving engines see one expert count
     ids = sorted(set(moe_ids) | {i for i in router_layers if i >= n_layers})
-    layers = [_layer(family, i, _block(family, family.layers, i), trunk.get(i, []), tensors, n_experts) for i in ids]
+    extra = int(family.router_rows.extra(text))
+    layers = [
+        _layer(family, i, _block(family, family.layers, i), trunk.get(i, []), tensors, n_experts, extra) for i in ids
+    ]
     if family.mtp is not None:
         mtp = _by_layer(tensors, family.mtp)
         for k in sorted(mtp):
             block = _block(family, family.mtp, k)
             if block + family.router in mtp[k]:
-                layers.append(_layer(family, n_layers + k, block, mtp[k], tensors, n_experts))
+                layers.append(_layer(family, n_layers + k, block, mtp[k], tensors, n_experts, extra))
     return MoeModel(family, config, n_experts, top_k, count_key, family.groups(text), layers, n_layers)
 
 
@@ -138,20 +163,39 @@ def _block(family: Family, prefix: str, i: int) -> str:
     return f"{prefix}.{i}." + (f"{family.block}." if family.block else "")  # "": router, experts on the layer
 
 
-def _layer(family: Family, i: int, block: str, names: list[str], tensors: Mapping[str, TensorInfo], n: int) -> MoeLayer:
+def _layer(
+    family: Family, i: int, block: str, names: list[str], tensors: Mapping[str, TensorInfo], n: int, extra: int = 0
+) -> MoeLayer:
     router = block + family.router
     if router not in tensors:
         raise InputError(f"layer {i}: router weight {router!r} not found in the checkpoint")
     layer = MoeLayer(i, block, router)
-    _check_rows(tensors[router], router, n, 0)
-    layer.sliced.append((router, 0))
+    axis = family.router_rows.axis
+    _check_rows(tensors[router], router, n, axis, extra)
+    layer.sliced.append((router, axis))
+    if extra:
+        layer.extra_rows[router] = extra
     for rel, axis in family.sliced:
         if block + rel in tensors:
-            _check_rows(tensors[block + rel], block + rel, n, axis)
+            more = extra if rel in family.router_rows.tensors else 0
+            _check_rows(tensors[block + rel], block + rel, n, axis, more)
             layer.sliced.append((block + rel, axis))
+            if more:
+                layer.extra_rows[block + rel] = more
+    for rel, _ in family.id_tables:  # present only in the layers that route by table
+        if block + rel in tensors:
+            table = tensors[block + rel]
+            if len(table.shape) != 2 or not table.dtype.startswith(("I", "U")):
+                raise InputError(
+                    f"{block + rel!r} has dtype {table.dtype} and shape {list(table.shape)}; an expert-id table "
+                    "is a 2-D integer tensor"
+                )
+            layer.id_tables.append(block + rel)
     experts = block + family.experts + "."
     per = re.compile(re.escape(experts) + r"(\d+)\.")
     fused = {block + rel for rel in family.fused}
+    blocks = {block + rel for rel in family.row_blocks}
+    shared = {block + rel for rel in family.shared}  # under `experts`, no expert axis: copied whole
     for name in sorted(names):
         m = per.match(name)
         if m:
@@ -159,9 +203,17 @@ def _layer(family: Family, i: int, block: str, names: list[str], tensors: Mappin
             if j >= n:
                 raise InputError(f"layer {i}: tensor {name!r} names expert {j}, but the config says {n} experts")
             layer.per_expert.setdefault(j, []).append(name)
-        elif name.startswith(experts) or name in fused:
+        elif name in blocks:
+            layer.rows[name] = _check_blocks(tensors[name], name, n)
+            layer.fused.append(name)
+        elif (name.startswith(experts) and name not in shared) or name in fused:
             _check_rows(tensors[name], name, n, 0)
             layer.fused.append(name)
+    absent = sorted(blocks - set(layer.rows))
+    if absent:
+        raise InputError(f"layer {i}: expert tensor {absent[0]!r} not found in the checkpoint")
+    if len(set(layer.rows.values())) > 1:
+        raise InputError(f"layer {i}: its experts' blocks of rows differ in height between tensors ({layer.rows})")
     if layer.per_expert:
         missing = sorted(set(range(n)) - set(layer.per_expert))
         if missing:
@@ -185,6 +237,14 @@ def _layer(family: Family, i: int, block: str, names: list[str], tensors: Mappin
     return layer
 
 
-def _check_rows(info: TensorInfo, name: str, n: int, axis: int) -> None:
-    if len(info.shape) <= axis or info.shape[axis] != n:
-        raise InputError(f"{name!r} has shape {list(info.shape)}, expected {n} experts along axis {axis}")
+def _check_blocks(info: TensorInfo, name: str, n: int) -> int:
+    """R, the rows of one expert in a tensor stored as [E·R, ...] (``Family.row_blocks``)."""
+    if len(info.shape) < 2 or info.shape[0] < n or info.shape[0] % n:
+        raise InputError(f"{name!r} has shape {list(info.shape)}, expected {n} experts' blocks of rows along axis 0")
+    return info.shape[0] // n
+
+
+def _check_rows(info: TensorInfo, name: str, n: int, axis: int, extra: int = 0) -> None:
+    if len(info.shape) <= axis or info.shape[axis] != n + extra:
+        rows = f"{n} experts" + (f" + {extra} rows that are not routed experts" if extra else "")
+        raise InputError(f"{name!r} has shape {list(info.shape)}, expected {rows} along axis {axis}")

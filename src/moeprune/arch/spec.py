@@ -41,6 +41,35 @@ class ScaledInput:
 
 
 @dataclass(frozen=True)
+class RouterRows:
+    """A router whose expert axis is not exactly the E routed experts, as data.
+
+    The router weight (and the ``sliced`` tensors named in ``tensors``) may carry ``extra(config)``
+    rows after the E routed experts: LongCat-Flash's zero-computation (identity) experts, Inkling's
+    shared-expert sink rows. They are no routed expert: never scored, never removed, kept verbatim
+    after the kept experts (the layout check expects E + extra rows, the surgery keeps rows
+    ``kept + [E, E + extra)``, verify leaves their logits unmasked, and a plan cannot name them).
+    ``axis`` is the router weight's expert axis on disk (1 when it is stored [H, E])."""
+
+    extra: Callable[[Config], int] = field(default=lambda cfg: 0)
+    """Rows after the E routed experts, from the config."""
+    tensors: tuple[str, ...] = ()
+    """Tensors of ``Family.sliced`` (relative to the block) that carry the extra rows as well (the
+    router weight always does); the others have exactly E entries."""
+    axis: int = 0
+    """The router weight's expert axis on disk."""
+    zero_weight_slots: bool = False
+    """The experts module receives a token's slots on extra rows as weight-0 pairs on a real expert
+    (LongCat-Flash's identity experts): calibration does not count pairs whose weight is 0, which
+    contribute nothing to the layer's output."""
+
+
+def hidden_layers(cfg: Config) -> Any:
+    """The decoder-layer count of most configs: ``num_hidden_layers`` (None when absent)."""
+    return cfg.get("num_hidden_layers")
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family (a config.json ``model_type``)."""
 
@@ -66,7 +95,14 @@ class Family:
     """The MoE block's name under each decoder layer, on disk; "" when the router and experts sit on
     the decoder layer itself (Gemma 4: ``layers.{L}.router``, ``layers.{L}.experts``)."""
     router: str = "gate.weight"
-    """Router weight key relative to the block; its rows are the experts."""
+    """Router weight key relative to the block; its rows are the experts (unless ``router_rows``
+    says otherwise)."""
+    router_rows: RouterRows = RouterRows()
+    """Router rows that are not routed experts, and the router's expert axis (default: the rows
+    are exactly the E experts)."""
+    n_layers: Callable[[Config], Any] = hidden_layers
+    """The decoder-layer count from the config (None when absent); LongCat-Flash counts
+    ``num_layers``."""
     sliced: tuple[tuple[str, int], ...] = ()
     """Other tensors (relative to the block) with one entry per expert, and their expert axis:
     router biases, selection-bias vectors."""
@@ -75,6 +111,16 @@ class Family:
     or ``experts.<name>`` (fused tensors whose first axis is the expert)."""
     fused: tuple[str, ...] = ()
     """Fused expert tensors (first axis = expert) that do not live under ``experts``."""
+    shared: tuple[str, ...] = ()
+    """Tensors under ``experts`` (relative to the block) that every expert shares, with no expert
+    axis (Muse Spark's ``experts.post_expert_norm.weight``): copied whole, never sliced."""
+    row_blocks: tuple[str, ...] = ()
+    """Fused expert tensors (relative to the block) stored two-dimensional as [E·R, ...]: expert j is
+    the block of rows j·R .. (j+1)·R - 1 of axis 0 (DBRX: ``experts.mlp.w1``, ``v1``, ``w2``, R =
+    ``ffn_hidden_size``). Checked, scored and sliced a block of rows at a time."""
+    counts_in: str = ""
+    """The object inside the config that holds ``count_keys`` and ``topk_keys`` when they are nested
+    (DBRX: ``ffn_config``); "" = the (text) config itself. Pruning rewrites the count there only."""
     layers: str = "model.layers"
     """Prefix of the decoder layers on disk."""
     mtp: str | None = None
@@ -87,6 +133,12 @@ class Family:
     mem_bias: str | None = None
     """Selection-bias tensor (relative to a decoder layer in memory) that verify sets to -inf
     for removed experts, because masking the logits alone does not stop selection."""
+    id_tables: tuple[tuple[str, str], ...] = ()
+    """Tensors whose VALUES are expert ids, as (on-disk key relative to the block, path relative to a
+    decoder layer in memory): DeepSeek-V4's hash-routing table ``gate.tid2eid`` [vocab, k], present
+    only in the layers that route by table. Not sliced but rewritten: every id is renumbered, and a
+    slot naming a removed expert is re-routed by the rule of `moeprune.io.idtable.reroute`, which
+    verify applies to the original as its masking of those layers."""
     tiny: Mapping[str, Any] = field(default_factory=dict)
     """Config overrides that make a tiny random model of this family (tests, make-tiny)."""
     calibration_blocker: str = ""
@@ -95,5 +147,10 @@ class Family:
     tiny_fused: bool = False
     """Hub checkpoints store experts under the in-memory fused names although transformers
     saves per-expert keys by default: tiny checkpoints are written fused, as on the hub."""
+    tiny_transposed: tuple[str, ...] = ()
+    """Fused expert tensors (relative to the block) that hub checkpoints store with their last two
+    axes swapped from transformers' in-memory layout (Qwen3-VL-MoE ``experts.gate_up_proj``
+    (E, H, 2I)); transformers transposes them on load but saves them untransposed, so tiny
+    checkpoints are rewritten as on the hub. Pruning slices the expert axis 0 either way."""
     notes: str = ""
     """One line for the docs' family table."""

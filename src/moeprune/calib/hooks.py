@@ -89,8 +89,11 @@ class Observer:
         router_path: str,
         n_experts: int,
         scaled_input: ScaledInput | None,
+        zero_weight_slots: bool = False,
     ):
         self.moments = Moments(n_experts, n_shards=SHARDS)
+        self.zero_weight_slots = zero_weight_slots
+        """Pairs of weight 0 are slots on rows that are not routed experts (`RouterRows`): not counted."""
         self.valid: torch.Tensor | None = None
         self.shard: torch.Tensor | None = None
         self.experts = layer.get_submodule(experts_path)
@@ -133,6 +136,8 @@ class Observer:
     ) -> torch.Tensor:
         if self.moments.a.device != hidden.device:
             self.moments.a = self.moments.a.to(hidden.device)
+        shape = hidden.shape  # DBRX passes (B, L, H) beside a (B·L, k) routing; rows are tokens either way
+        hidden = hidden.reshape(-1, shape[-1])
         valid = self._mask(hidden.shape[0], hidden.device)
         n_tok, k = top_k_index.shape
         out = torch.empty_like(hidden)
@@ -145,14 +150,16 @@ class Observer:
             g = top_k_weights[lo:hi].reshape(-1)  # (n·k,)
             unit = torch.ones(ids.shape, dtype=top_k_weights.dtype, device=hidden.device)
             x = hidden[lo:hi].repeat_interleave(k, dim=0)  # (n·k, H)
-            f = self._original(x, ids, unit, *args, **kwargs)  # (n·k, H): f_j(x), before gating
+            f = self._original(x, ids, unit, *args, **kwargs).reshape(x.shape[0], -1)  # (n·k, H): f_j(x)
             out[lo:hi] = (f * g.unsqueeze(-1).to(f.dtype)).view(hi - lo, k, -1).sum(dim=1).to(out.dtype)
             keep = valid[lo:hi].repeat_interleave(k)  # (n·k,)
+            if self.zero_weight_slots:  # LongCat-Flash: identity-expert slots arrive as weight-0 pairs
+                keep = keep & (g != 0)
             if keep.any():
                 shard = None if self.shard is None else self.shard[lo:hi].repeat_interleave(k)[keep.cpu()]
                 norm = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32)  # (n·k,), no float copy of f
                 self.moments.add_pairs(ids[keep, 0], g[keep], norm[keep], shard)
-        return out
+        return out.view(shape)
 
     # -- scaled-input routing (Llama 4) -----------------------------------------------------------
 

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from moeprune.arch.layout import MoeLayer, MoeModel, text_config
+from moeprune.arch.layout import MoeLayer, MoeModel, counts_config, text_config
 from moeprune.io.format import TensorInfo
 from moeprune.io.reader import INDEX, SINGLE, Checkpoint
 from moeprune.io.writer import OutTensor, Range
@@ -40,10 +40,21 @@ class ExpertTensor:
 
 @dataclass(frozen=True)
 class SlicedTensor:
-    """A tensor with one entry per expert along ``axis`` (fused experts, router rows, biases)."""
+    """A tensor with one entry per expert along ``axis`` (fused experts, router rows, biases),
+    followed by ``extra`` entries that are not routed experts (kept verbatim, after the kept ones)."""
 
     layer: MoeLayer
     axis: int
+    extra: int = 0
+    rows: int = 1
+    """Rows of one expert's entry along axis 0 (``Family.row_blocks``: [E·R, ...] tensors)."""
+
+
+@dataclass(frozen=True)
+class IdTable:
+    """A tensor whose values are expert ids (``Family.id_tables``): rewritten by `idtable.reroute`."""
+
+    layer: MoeLayer
 
 
 def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callable[[int], list[int]]) -> list[OutTensor]:
@@ -53,15 +64,17 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callabl
     expert ``j``'s tensors. Which input bytes fill a layer's tensors is asked of ``kept(layer
     index)`` (the layer's kept original ids, ascending) only when the writer reaches them, so the
     plan may still be in the making while the rest is written."""
-    roles: dict[str, ExpertTensor | SlicedTensor] = {}
+    roles: dict[str, ExpertTensor | SlicedTensor | IdTable] = {}
     for layer in model.layers:
         for j, names in layer.per_expert.items():
             for name in names:
                 roles[name] = ExpertTensor(layer, j)
         for name in layer.fused:
-            roles[name] = SlicedTensor(layer, 0)
+            roles[name] = SlicedTensor(layer, 0, rows=layer.rows.get(name, 1))
         for name, axis in layer.sliced:
-            roles[name] = SlicedTensor(layer, axis)
+            roles[name] = SlicedTensor(layer, axis, layer.extra_rows.get(name, 0))
+        for name in layer.id_tables:
+            roles[name] = IdTable(layer)
 
     out: list[OutTensor] = []
     order = sorted(ckpt.tensors.items(), key=lambda kv: (str(kv[1].file), kv[1].start))
@@ -71,8 +84,13 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callabl
             out.append(
                 OutTensor(name, info.dtype, info.shape, [(info.file, info.start, info.nbytes)], nbytes=info.nbytes)
             )
+        elif isinstance(role, IdTable):
+            out.append(_id_table(ckpt, name, info, model.n_experts, partial(kept, role.layer.index), role.layer.index))
+        elif isinstance(role, SlicedTensor) and role.rows > 1:
+            out.append(_row_blocks(name, info, role.rows, n_kept, partial(kept, role.layer.index), role.layer.index))
         elif isinstance(role, SlicedTensor):
-            out.append(_sliced(ckpt, name, info, role.axis, n_kept, partial(kept, role.layer.index), role.layer.index))
+            rows = partial(_with_extra, partial(kept, role.layer.index), info.shape[role.axis], role.extra)
+            out.append(_sliced(ckpt, name, info, role.axis, n_kept + role.extra, rows, role.layer.index))
         elif role.expert < n_kept:  # this tensor's place holds output expert `role.expert`
             source = partial(_expert_source, ckpt, model, role.layer, name, role.expert, kept)
             out.append(
@@ -89,6 +107,22 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callabl
     return out
 
 
+def _id_table(
+    ckpt: Checkpoint, name: str, info: TensorInfo, n_experts: int, kept: Callable[[], list[int]], layer: int
+) -> OutTensor:
+    """An expert-id table with its ids renumbered and its removed experts' slots re-routed."""
+
+    def make() -> bytes:
+        import torch
+
+        from moeprune.io.idtable import reroute
+
+        t = reroute(ckpt.read(name), kept(), n_experts, name).contiguous()
+        return t.view(torch.uint8).numpy().tobytes()
+
+    return OutTensor(name, info.dtype, info.shape, make=make, nbytes=info.nbytes, layer=layer)
+
+
 def _expert_source(
     ckpt: Checkpoint, model: MoeModel, layer: MoeLayer, name: str, new: int, kept: Callable[[int], list[int]]
 ) -> list[Range]:
@@ -103,6 +137,11 @@ def renumber(name: str, old: int, new: int, model: MoeModel, layer: MoeLayer) ->
     head = f"{prefix}{old}."
     assert name.startswith(head), name
     return f"{prefix}{new}." + name[len(head) :]
+
+
+def _with_extra(kept: Callable[[], list[int]], size: int, extra: int) -> list[int]:
+    """The kept experts' entries, then the ``extra`` trailing entries of an axis of ``size``."""
+    return kept() + list(range(size - extra, size))
 
 
 def _sliced(
@@ -124,9 +163,27 @@ def _sliced(
     return OutTensor(name, info.dtype, tuple(shape), make=make, nbytes=nbytes, layer=layer, origin=origin)
 
 
-def _row_ranges(info: TensorInfo, kept: list[int]) -> list[Range]:
-    """Byte ranges of rows ``kept`` (ascending) along axis 0, adjacent rows merged."""
-    row = info.row_bytes()
+def _row_blocks(
+    name: str, info: TensorInfo, rows: int, n_kept: int, kept: Callable[[], list[int]], layer: int
+) -> OutTensor:
+    """A tensor stored as [E·R, ...] (``Family.row_blocks``): the kept experts' blocks of R rows."""
+    block = info.row_bytes() * rows
+    shape = (n_kept * rows, *info.shape[1:])
+    return OutTensor(
+        name,
+        info.dtype,
+        shape,
+        make=lambda: _row_ranges(info, kept(), block),
+        nbytes=block * n_kept,
+        layer=layer,
+        origin=info.start,
+    )
+
+
+def _row_ranges(info: TensorInfo, kept: list[int], row: int = 0) -> list[Range]:
+    """Byte ranges of rows ``kept`` (ascending) along axis 0 (of ``row`` bytes each, default one
+    slice of axis 0), adjacent rows merged."""
+    row = row or info.row_bytes()
     ranges: list[Range] = []
     for j in kept:
         start = info.start + j * row
@@ -146,10 +203,10 @@ def pruned_config(model: MoeModel, plan: PrunePlan) -> dict[str, Any]:
     """config.json with the new expert count under every count key the source used, and
     quantization module lists with removed experts dropped and kept ones renumbered."""
     config = copy.deepcopy(model.config)
-    text = text_config(config, model.family)
+    counts = counts_config(text_config(config, model.family), model.family)  # DBRX: ffn_config
     for key in model.family.count_keys:
-        if text.get(key) is not None:
-            text[key] = plan.n_kept
+        if counts.get(key) is not None:
+            counts[key] = plan.n_kept
     quant = config.get("quantization_config")
     if isinstance(quant, dict):
         for key in QUANT_MODULE_LISTS:

@@ -1,0 +1,226 @@
+"""Routers whose rows are not exactly the routed experts (`arch.spec.RouterRows`).
+
+LongCat-Flash's router has ``n_routed_experts + zero_expert_num`` rows, the trailing ones being
+zero-computation (identity) experts; its selection bias has the same rows. These tests prove, on the
+tiny checkpoint in the hub's key layout, what a user relies on beyond tests/test_families.py:
+
+- the trailing rows are kept verbatim and in place, after the kept experts' rows, in the router and
+  its bias; the config keeps ``zero_expert_num`` and changes only the routed count;
+- a plan or a score file that names one of those rows is refused with one ``error:`` line;
+- a checkpoint whose router rows disagree with the config's count of extra rows is refused;
+- calibration counts only real experts' tokens: the experts module receives a token's identity slots
+  as weight-0 pairs on a real expert, and the moments equal a float64 reference that takes the
+  identity slots from the router's own selection.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from moeprune.arch import FAMILIES
+from moeprune.arch.spec import RouterRows
+from test_calib_reference import ATOL, RTOL, expert_output, token_batch
+
+ROUTER_ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    # family: (block of layer {L}, tensors with extra rows (relative to the block), config key of the extra count)
+    "longcat_flash": (
+        "model.layers.{L}.mlp.",
+        ("router.classifier.weight", "router.e_score_correction_bias"),
+        "zero_expert_num",
+    ),
+}
+"""The families with router rows that are not experts, as the architecture reference describes them."""
+
+
+def test_every_router_rows_family_is_covered() -> None:
+    have = sorted(name for name, f in FAMILIES.items() if f.router_rows != RouterRows())
+    assert have == sorted(ROUTER_ROWS)
+
+
+def _prune(cli: Callable[..., Any], src: Path, out: Path, *args: str) -> dict[str, Any]:
+    r = cli("prune", str(src), "--ratio", "0.5", "-o", str(out), *args)
+    assert r.code == 0, r
+    return dict(json.loads((out / "moeprune_plan.json").read_text())["layers"])
+
+
+def _one_error_line(r: Any) -> str:
+    assert r.code == 2, r
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.err
+    return str(lines[0])
+
+
+@pytest.mark.parametrize("family", sorted(ROUTER_ROWS))
+def test_extra_rows_are_kept_verbatim_after_the_kept_experts(
+    family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    block, names, key = ROUTER_ROWS[family]
+    src = tiny(family)
+    config = json.loads((src / "config.json").read_text())
+    n, extra = int(config["n_routed_experts"]), int(config[key])
+    assert extra >= 2, "the tiny should have several extra rows"
+    plan = _prune(cli, src, tmp_path / "out")
+    a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    for layer, lp in plan.items():
+        kept = lp["kept"]
+        assert len(kept) == n // 2
+        for rel in names:
+            name = block.format(L=layer) + rel
+            assert a[name].shape[0] == n + extra and b[name].shape[0] == len(kept) + extra, name
+            assert torch.equal(b[name][: len(kept)], a[name][kept]), name  # the kept experts, renumbered
+            assert torch.equal(b[name][len(kept) :], a[name][n:]), name  # the extra rows, verbatim, last
+    out_config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert out_config[key] == extra and out_config["n_routed_experts"] == n // 2
+    assert cli("verify", str(src), str(tmp_path / "out")).code == 0
+
+
+@pytest.mark.parametrize("family", sorted(ROUTER_ROWS))
+def test_a_plan_or_scores_naming_an_extra_row_is_refused(
+    family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    src = tiny(family)
+    n = int(json.loads((src / "config.json").read_text())["n_routed_experts"])
+    out = tmp_path / "out"
+    _prune(cli, src, out)
+    plan_file = out / "moeprune_plan.json"
+    good = json.loads(plan_file.read_text())
+
+    # the first extra row (id n) named as pruned in place of a routed expert
+    bad = json.loads(json.dumps(good))
+    layer = bad["layers"][min(bad["layers"], key=int)]
+    layer["pruned"] = sorted([*layer["pruned"][1:], n])
+    plan_file.write_text(json.dumps(bad))
+    assert "must split 0.." in _one_error_line(cli("verify", str(src), str(out)))
+
+    # a plan counting the extra rows as experts
+    bad = json.loads(json.dumps(good))
+    bad["n_experts"] = n + 1
+    for lp in bad["layers"].values():
+        lp["kept"] = sorted([*lp["kept"], n])
+    plan_file.write_text(json.dumps(bad))
+    _one_error_line(cli("verify", str(src), str(out)))
+
+    # scores for every router row (the extra rows included)
+    assert cli("score", str(src), "-o", str(tmp_path / "s.json")).code == 0
+    scores = json.loads((tmp_path / "s.json").read_text())
+    for layer_scores in scores["layers"].values():
+        layer_scores.append(0.0)
+    (tmp_path / "s.json").write_text(json.dumps(scores))
+    _one_error_line(
+        cli("prune", str(src), "--ratio", "0.5", "--scores", str(tmp_path / "s.json"), "-o", str(tmp_path / "o2"))
+    )
+
+
+@pytest.mark.parametrize("family", sorted(ROUTER_ROWS))
+def test_router_rows_that_disagree_with_the_config_are_refused(
+    family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    _, _, key = ROUTER_ROWS[family]
+    src = tmp_path / "src"
+    shutil.copytree(tiny(family), src)
+    config = json.loads((src / "config.json").read_text())
+    config[key] = int(config[key]) + 1
+    (src / "config.json").write_text(json.dumps(config))
+    line = _one_error_line(cli("score", str(src), "-o", str(tmp_path / "s.json")))
+    assert "rows that are not routed experts" in line
+
+
+# --- calibration: identity slots are not routed tokens -------------------------------------------------
+
+
+def longcat_reference(path: Path, tokens: Any) -> dict[int, torch.Tensor]:
+    """Per MoE layer, the (E, 3, 3) float64 moments Σ g^α ‖f‖^β over the non-padding (token, slot)
+    pairs that the router sent to a REAL expert (its own top-k indices < E), with f recomputed by hand
+    from the experts' weights; the identity slots (indices >= E) count nothing. Also checks that the
+    real pairs rebuild what the experts module returned and that identity slots were chosen."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    n = int(model.config.n_routed_experts)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        store: dict[str, torch.Tensor] = {}
+        seen[i] = store
+
+        def on_router(m: Any, args: Any, out: Any, store: dict[str, torch.Tensor] = store) -> None:
+            store["weights"], store["index"] = out[1].detach().clone(), out[2].detach().clone()
+
+        def on_experts(m: Any, args: Any, out: Any, store: dict[str, torch.Tensor] = store) -> None:
+            store["hidden"], store["actual"] = args[0].detach().clone(), out.detach().clone()
+
+        handles += [
+            layer.mlp.router.register_forward_hook(on_router),
+            layer.mlp.experts.register_forward_hook(on_experts),
+        ]
+    with torch.no_grad():
+        model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    for h in handles:
+        h.remove()
+
+    valid = tokens.attention_mask.reshape(-1).bool()
+    moments = {}
+    for i, s in seen.items():
+        experts = model.model.layers[i].mlp.experts
+        index, weights, hidden = s["index"], s["weights"], s["hidden"]
+        assert (index >= n).any() and (index < n).any(), f"layer {i}: the tiny never chose an identity expert"
+        rebuilt = torch.zeros(hidden.shape, dtype=torch.float64)
+        a = torch.zeros(n, 3, 3, dtype=torch.float64)
+        for j in range(n):
+            tok, slot = (index == j).nonzero(as_tuple=True)
+            g = weights[tok, slot].double()
+            f = expert_output("longcat_flash", experts, j, hidden[tok])
+            rebuilt.index_add_(0, tok, g[:, None] * f)
+            keep = valid[tok]
+            g, norm = g[keep], f[keep].norm(dim=-1)
+            for al in range(3):
+                for be in range(3):
+                    a[j, al, be] = (g**al * norm**be).sum()
+        torch.testing.assert_close(rebuilt.float(), s["actual"], rtol=1e-5, atol=1e-6, msg=f"layer {i}")
+        moments[i] = a
+    return moments
+
+
+def test_longcat_calibration_counts_only_real_experts(tiny: Callable[..., Path]) -> None:
+    from moeprune.calib.engine import calibrate
+
+    path = tiny("longcat_flash")
+    tokens = token_batch()
+    want = longcat_reference(path, tokens)
+    stats = calibrate(path, tokens, batch_size=2)
+    assert sorted(stats.layers) == sorted(want)
+    top_k = int(json.loads((path / "config.json").read_text())["moe_topk"])
+    for i, ref in want.items():
+        got = stats.layer(i)
+        assert torch.equal(got[:, 0, 0], ref[:, 0, 0]), f"layer {i}: N_j"
+        # fewer routed tokens than top_k per token: the identity slots are not counted
+        assert float(got[:, 0, 0].sum()) < top_k * int(tokens.attention_mask.sum())
+        torch.testing.assert_close(got, ref, rtol=RTOL, atol=ATOL, msg=f"layer {i}")
+
+
+def test_zero_weight_pairs_would_be_counted_without_the_entry(
+    tiny: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check above can fail: with ``zero_weight_slots`` off, the identity slots count as tokens of
+    the dummy experts they are parked on."""
+    import dataclasses
+
+    from moeprune.arch import families
+    from moeprune.calib.engine import calibrate
+
+    path = tiny("longcat_flash")
+    entry = families.FAMILIES["longcat_flash"]
+    off = dataclasses.replace(entry, router_rows=dataclasses.replace(entry.router_rows, zero_weight_slots=False))
+    monkeypatch.setitem(families.FAMILIES, "longcat_flash", off)
+    tokens = token_batch()
+    want = longcat_reference(path, tokens)
+    stats = calibrate(path, tokens, batch_size=2)
+    assert any(not torch.equal(stats.layer(i)[:, 0, 0], ref[:, 0, 0]) for i, ref in want.items())
