@@ -658,6 +658,31 @@ def test_verify_mismatch_exits_1(tiny: Tiny, cli: Cli, tmp_path: Path) -> None:
     assert leftovers(tmp_path, "out") == []
 
 
+def _drop_tensor(folder: Path, name: str) -> None:
+    """Rewrite a single-file checkpoint without tensor ``name`` (its index, if any, is not used)."""
+    file = folder / "model.safetensors"
+    tensors = load_file(file)
+    del tensors[name]
+    save_file(tensors, file, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_verify_refuses_weights_transformers_would_leave_at_their_defaults(
+    family: str, tiny: Tiny, cli: Cli, tmp_path: Path
+) -> None:
+    """A weight the checkpoint lacks (the final norm here) is built by transformers with its default
+    (ones): original and pruned would agree and verify would prove nothing about the stored model."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(tiny(family), src)
+    assert cli("prune", str(src), "--ratio", "0.5", "-o", str(out)).code == 0
+    for folder in (src, out):
+        _drop_tensor(folder, "model.norm.weight")
+    before, before_out = snapshot(src), snapshot(out)
+    r = cli("verify", str(src), str(out))
+    assert_one_line(r, 2, "model.norm.weight", "no stored value")
+    assert snapshot(src) == before and snapshot(out) == before_out
+
+
 def test_verify_of_a_folder_not_written_by_moeprune(tiny: Tiny, cli: Cli, tmp_path: Path) -> None:
     model = tiny("qwen3_moe")
     r = cli("verify", str(model), str(model))

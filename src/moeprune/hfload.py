@@ -97,7 +97,17 @@ def causal_lm(path: Path, **kwargs: Any) -> Any:
     cfg = config(path)
     auto = auto_class(cfg.model_type, path)
     with quiet():
-        return auto.from_pretrained(path, trust_remote_code=False, **kwargs)
+        model, info = auto.from_pretrained(path, trust_remote_code=False, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # transformers would run them with random or default values: no proof, no evaluation
+        import transformers
+
+        raise InputError(
+            f"{path}: transformers {transformers.__version__} finds no stored value for {len(missing)} "
+            f"weight(s) of the model it builds, e.g. {missing[0]} (the checkpoint does not hold them under "
+            "the names it expects); they would be random"
+        )
+    return model
 
 
 def from_config(cfg: Any, **kwargs: Any) -> Any:
