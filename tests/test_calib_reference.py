@@ -131,8 +131,15 @@ def expert_output(family: str, mod: Any, j: int, x: torch.Tensor) -> torch.Tenso
     if family in SCALED:
         gate, up = (x @ w_gu).chunk(2, dim=-1)  # transposed (H, 2I)
         return (up * F.silu(gate)) @ w_down  # (I, H)
+    if getattr(mod, "is_transposed", False):  # Aria: stored (H, 2I) / (I, H), as grouped_mm reads them
+        gate, up = (x @ w_gu).chunk(2, dim=-1)
+        return (mod.act_fn(gate) * up) @ w_down
     gate, up = (x @ w_gu.T).chunk(2, dim=-1)  # (2I, H): first I rows gate, next I up
-    return (mod.act_fn(gate) * up) @ w_down.T  # (H, I)
+    f = (mod.act_fn(gate) * up) @ w_down.T  # (H, I)
+    if getattr(mod, "has_post_expert_norm", False):  # Muse Spark: x (1 + w), then RMS-normalised, per expert
+        f = f * (1.0 + mod.post_expert_norm.weight.detach().double())
+        f = f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + mod.post_expert_norm.eps)
+    return f
 
 
 def _split_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -148,7 +155,9 @@ def _split_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Te
 def _moe_modules(model: Any, family: str) -> dict[int, Any]:
     """Decoder layer index -> its experts module (Llama 4: its MoE block)."""
     found = {}
-    for i, layer in enumerate(model.model.layers):
+    from moeprune.loading import decoder_layers
+
+    for i, layer in enumerate(decoder_layers(model)):  # Gemma 4: model.language_model.layers
         for _, sub in layer.named_modules():
             if family in SCALED:
                 if hasattr(sub, "router") and hasattr(sub, "experts") and hasattr(sub, "shared_expert"):
@@ -159,9 +168,13 @@ def _moe_modules(model: Any, family: str) -> dict[int, Any]:
 
 
 def build_reference(path: Path, family: str, tokens: Any) -> Reference:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    # multimodal models without a causal-LM class (Qwen3-VL-MoE): their ...ForConditionalGeneration
+    causal = AutoConfig.from_pretrained(path).model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    auto = AutoModelForCausalLM if causal else AutoModelForImageTextToText
+    model = auto.from_pretrained(path, dtype=torch.float32).eval()
     mods = _moe_modules(model, family)
     assert mods, f"{family}: no MoE layer found"
     captured: dict[int, dict[str, torch.Tensor]] = {i: {} for i in mods}

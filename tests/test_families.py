@@ -147,10 +147,16 @@ LAYOUT: dict[str, Layout] = {
     ),
     # M1: multimodal MoEs by their text model, group 1 (vision towers byte-identical)
     "qwen3_vl_moe": Layout("model.language_model.layers", "mlp", "gate.weight", fused=_FUSED),  # (E, H, 2I), (E, I, H)
+    "kimi_k25": Layout("language_model.model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     # M2: multimodal MoEs by their text model (vision towers byte-identical)
-    "aria": Layout("language_model.model.layers", "mlp", "router.weight", fused=("experts.fc1.weight", "experts.fc2.weight")),
+    "aria": Layout(
+        "language_model.model.layers", "mlp", "router.weight", fused=("experts.fc1.weight", "experts.fc2.weight")
+    ),
     "deepseek_ocr2": Layout("model.layers", "mlp", "gate.weight"),
     "unlimited_ocr": Layout("model.layers", "mlp", "gate.weight"),
+    "muse_spark": Layout(
+        "model.language_model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}, _FUSED
+    ),
     # H: hash-routed layers (tests/test_hash_routing.py)
     "deepseek_v4": Layout("layers", "ffn", "gate.weight", {"gate.bias": 0}, tables=("gate.tid2eid",)),
     # R: routers whose rows are not exactly the experts (tests/test_router_rows.py)
@@ -161,6 +167,14 @@ LAYOUT: dict[str, Layout] = {
         {"router.e_score_correction_bias": 0},
         extra={"router.classifier.weight": 4, "router.e_score_correction_bias": 4},  # zero_expert_num of the tiny
     ),
+    "inkling_mm_model": Layout(
+        "model.llm.layers",
+        "mlp",
+        "gate.weight",
+        {"gate.bias": 0},
+        fused=("experts.w13_weight", "experts.w2_weight"),
+        extra={"gate.weight": 2},  # n_shared_experts: the shared-expert sink rows
+    ),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
@@ -168,8 +182,10 @@ DENSE_RULE |= {"llama4"}
 DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_moe", "kimi_linear", "afmoe"}
 DENSE_RULE |= {"bailing_hybrid", "laguna", "sarvam_moe", "mimo_v2_flash", "hy_v3", "axk1", "minicpm5_moe"}
 DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam", "kolibri1_1"}
-DENSE_RULE |= {"deepseek_ocr2", "unlimited_ocr"}  # M2
+DENSE_RULE |= {"inkling_mm_model"}
+DENSE_RULE |= {"deepseek_ocr2", "unlimited_ocr", "muse_spark"}  # M2
 DENSE_RULE |= {"nemotron_h"}  # S: Mamba and attention layers (layers_block_type)
+DENSE_RULE |= {"kimi_k25"}  # M1
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
@@ -182,6 +198,7 @@ ATOL = 1e-5
 V3_GROUPED = {"deepseek_v3", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "solar_open"}
 V3_GROUPED |= {"exaone_moe", "kimi_linear", "bailing_hybrid", "sarvam_moe", "mimo_v2_flash", "axk1", "minicpm5_moe"}
 V3_GROUPED |= {"param2moe", "sarvam_mla", "axk2", "beam"}
+V3_GROUPED |= {"kimi_k25"}  # M1
 """Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""
 
 
@@ -359,7 +376,8 @@ def expert_matrices(experts: Any) -> dict[str, torch.Tensor]:
     first, biases apart: fused ``gate_up_proj`` / ``down_proj`` (either orientation); Nemotron-H's
     non-gated ``up_proj`` / ``down_proj``; DBRX's ``mlp.w1`` / ``v1`` / ``w2`` [E·I, H], viewed (E, I, H)."""
     params = dict(experts.named_parameters())
-    names = sorted(set(params) - {"gate_up_proj_bias", "down_proj_bias"})
+    shared = {"post_expert_norm.weight"}  # Muse Spark: one norm every expert shares, no expert axis
+    names = sorted(set(params) - {"gate_up_proj_bias", "down_proj_bias"} - shared)
     assert names in (["down_proj", "gate_up_proj"], ["down_proj", "up_proj"], ["mlp.v1", "mlp.w1", "mlp.w2"]), names
     if names[0].startswith("mlp."):
         n = int(experts.num_experts)

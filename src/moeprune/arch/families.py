@@ -1357,6 +1357,50 @@ _ENTRIES = [
         ),
         notes="zero-computation experts: router rows n_routed_experts + zero_expert_num (extra rows kept); num_layers",
     ),
+    Family(
+        "inkling_mm_model",
+        count_keys=("n_routed_experts",),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(
+            lambda cfg: [i for i in range(_n_layers(cfg)) if i >= int(cfg.get("dense_mlp_idx") or 0)]
+        ),
+        layers="model.llm.layers",  # the hub's names (model.language_model.layers in memory)
+        nested=True,
+        sliced=(("gate.bias", 0),),  # the selection bias (e_score_correction_bias in memory), E entries
+        router_rows=RouterRows(extra=lambda cfg: int(cfg.get("n_shared_experts") or 0)),  # shared-expert sink rows
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=dict(
+            architectures=["InklingForConditionalGeneration"],
+            text_config=dict(
+                hidden_size=64,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=16,
+                swa_num_attention_heads=4,
+                swa_num_key_value_heads=2,
+                swa_head_dim=16,
+                sliding_window_size=16,
+                local_layer_ids=[0, 1],
+                d_rel=4,
+                rel_extent=32,
+                vocab_size=128,
+                max_position_embeddings=256,
+                intermediate_size=96,
+                moe_intermediate_size=32,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_shared_experts=2,
+                shared_expert_sink=True,
+                route_scale=8.0,
+                dense_mlp_idx=1,
+            ),
+            vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, patch_size=4),
+            audio_config=dict(n_mel_bins=8, mel_vocab_size=16),
+        ),
+        notes="router rows n_routed_experts + n_shared_experts (shared-expert sinks, kept); selection bias gate.bias",
+    ),
     # --- S: row-blocked experts, coupled expert sets, non-gated experts ---
     Family(
         "nemotron_h",
@@ -1481,6 +1525,7 @@ _ENTRIES = [
         groups=v3_groups,
         mem_router="mlp.gate",
         mem_bias="mlp.gate.e_score_correction_bias",
+        tiny_renames=((r"^language_model\.model\.blocks\.", "language_model.model.layers."),),
         tiny=dict(
             architectures=["KimiK25ForConditionalGeneration"],
             text_config=_tiny(
@@ -1623,7 +1668,12 @@ _ENTRIES = [
                     downsample_channels=[16, 32],
                 ),
                 encoder_config=dict(
-                    hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+                    hidden_size=32,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    image_size=28,
+                    patch_size=14,
                 ),
             ),
         ),

@@ -99,9 +99,9 @@ def first_key(cfg: Mapping[str, Any], keys: tuple[str, ...], what: str) -> tuple
     raise InputError(f"config.json has no {what} (looked for {', '.join(keys)})")
 
 
-QUANT_COMPANIONS = ("_scale_inv", "_scales", "weight_scale", "weight_scale_2", "input_scale")
-"""Suffixes of quantization companions (FP8 block scales, MXFP4 scales, ...): read with their weight,
-never pooled on their own."""
+QUANT_COMPANIONS = ("_scale_inv", "_scales", "weight_scale", "weight_scale_2", "input_scale", ".scale")
+"""Suffixes of quantization companions (FP8 block scales, MXFP4 scales, DeepSeek-V4's ``w1.scale``
+beside ``w1.weight``, ...): read with their weight, never pooled on their own."""
 
 
 def is_weight(name: str) -> bool:

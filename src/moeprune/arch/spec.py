@@ -152,5 +152,9 @@ class Family:
     axes swapped from transformers' in-memory layout (Qwen3-VL-MoE ``experts.gate_up_proj``
     (E, H, 2I)); transformers transposes them on load but saves them untransposed, so tiny
     checkpoints are rewritten as on the hub. Pruning slices the expert axis 0 either way."""
+    tiny_renames: tuple[tuple[str, str], ...] = ()
+    """(regex, replacement) pairs applied to the tensor names of a saved tiny checkpoint, where
+    transformers' reverse key conversion does not give the hub's names back (Kimi-K2.5: its vision
+    rename ``blocks`` -> ``layers`` reversed turns the text model's ``layers`` into ``blocks``)."""
     notes: str = ""
     """One line for the docs' family table."""
