@@ -1,11 +1,13 @@
 """Routers whose rows are not exactly the routed experts (`arch.spec.RouterRows`).
 
 LongCat-Flash's router has ``n_routed_experts + zero_expert_num`` rows, the trailing ones being
-zero-computation (identity) experts; its selection bias has the same rows. These tests prove, on the
-tiny checkpoint in the hub's key layout, what a user relies on beyond tests/test_families.py:
+zero-computation (identity) experts, and its selection bias has the same rows; Inkling's router has
+``n_routed_experts + n_shared_experts`` rows, the trailing ones weighting the shared experts (sink
+rows), beside a selection bias of E entries. These tests prove, on the tiny checkpoints in the hub's
+key layout, what a user relies on beyond tests/test_families.py:
 
 - the trailing rows are kept verbatim and in place, after the kept experts' rows, in the router and
-  its bias; the config keeps ``zero_expert_num`` and changes only the routed count;
+  its bias; the config keeps the count of extra rows and changes only the routed count;
 - a plan or a score file that names one of those rows is refused with one ``error:`` line;
 - a checkpoint whose router rows disagree with the config's count of extra rows is refused;
 - calibration counts only real experts' tokens: the experts module receives a token's identity slots
@@ -36,6 +38,7 @@ ROUTER_ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("router.classifier.weight", "router.e_score_correction_bias"),
         "zero_expert_num",
     ),
+    "inkling_mm_model": ("model.llm.layers.{L}.mlp.", ("gate.weight",), "n_shared_experts"),  # sink rows
 }
 """The families with router rows that are not experts, as the architecture reference describes them."""
 
@@ -43,6 +46,10 @@ ROUTER_ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
 def test_every_router_rows_family_is_covered() -> None:
     have = sorted(name for name, f in FAMILIES.items() if f.router_rows != RouterRows())
     assert have == sorted(ROUTER_ROWS)
+
+
+def _text(config: dict[str, Any]) -> dict[str, Any]:
+    return config["text_config"] if isinstance(config.get("text_config"), dict) else config
 
 
 def _prune(cli: Callable[..., Any], src: Path, out: Path, *args: str) -> dict[str, Any]:
@@ -64,7 +71,7 @@ def test_extra_rows_are_kept_verbatim_after_the_kept_experts(
 ) -> None:
     block, names, key = ROUTER_ROWS[family]
     src = tiny(family)
-    config = json.loads((src / "config.json").read_text())
+    config = _text(json.loads((src / "config.json").read_text()))
     n, extra = int(config["n_routed_experts"]), int(config[key])
     assert extra >= 2, "the tiny should have several extra rows"
     plan = _prune(cli, src, tmp_path / "out")
@@ -77,7 +84,7 @@ def test_extra_rows_are_kept_verbatim_after_the_kept_experts(
             assert a[name].shape[0] == n + extra and b[name].shape[0] == len(kept) + extra, name
             assert torch.equal(b[name][: len(kept)], a[name][kept]), name  # the kept experts, renumbered
             assert torch.equal(b[name][len(kept) :], a[name][n:]), name  # the extra rows, verbatim, last
-    out_config = json.loads((tmp_path / "out" / "config.json").read_text())
+    out_config = _text(json.loads((tmp_path / "out" / "config.json").read_text()))
     assert out_config[key] == extra and out_config["n_routed_experts"] == n // 2
     assert cli("verify", str(src), str(tmp_path / "out")).code == 0
 
@@ -87,7 +94,7 @@ def test_a_plan_or_scores_naming_an_extra_row_is_refused(
     family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
 ) -> None:
     src = tiny(family)
-    n = int(json.loads((src / "config.json").read_text())["n_routed_experts"])
+    n = int(_text(json.loads((src / "config.json").read_text()))["n_routed_experts"])
     out = tmp_path / "out"
     _prune(cli, src, out)
     plan_file = out / "moeprune_plan.json"
@@ -127,7 +134,7 @@ def test_router_rows_that_disagree_with_the_config_are_refused(
     src = tmp_path / "src"
     shutil.copytree(tiny(family), src)
     config = json.loads((src / "config.json").read_text())
-    config[key] = int(config[key]) + 1
+    _text(config)[key] = int(_text(config)[key]) + 1
     (src / "config.json").write_text(json.dumps(config))
     line = _one_error_line(cli("score", str(src), "-o", str(tmp_path / "s.json")))
     assert "rows that are not routed experts" in line

@@ -126,6 +126,9 @@ FIELDS: dict[str, Check] = {
     # R: LongCat-Flash (layer count; identity experts: router rows after the experts)
     "num_layers": COUNT,
     "zero_expert_num": INDEX,
+    # R: Inkling (shared-expert sink rows of the router; first dense layers in hub configs)
+    "n_shared_experts": INDEX,
+    "dense_mlp_idx": INDEX,
     # S: DBRX (n_layers; counts inside ffn_config), Nemotron-H (layer types, hub pattern)
     "n_layers": COUNT,
     "ffn_config": _sub_config("moe_num_experts", "moe_top_k"),
