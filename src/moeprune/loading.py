@@ -31,9 +31,11 @@ def decoder_layers(model: Any) -> Any:
 
     get_decoder = getattr(model, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
-    for name, module in (decoder if isinstance(decoder, torch.nn.Module) else model).named_modules():
-        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
-            return module
+    root = decoder if isinstance(decoder, torch.nn.Module) else model
+    for suffix in ("layers", "blocks"):  # DBRX: transformer.blocks
+        for name, module in root.named_modules():
+            if name.endswith(suffix) and isinstance(module, torch.nn.ModuleList):
+                return module
     raise InputError("cannot find the decoder layers of the loaded model")
 
 
