@@ -7,6 +7,7 @@ values and every slicing mistake shows. Used by the tests, the benchmarks and ``
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -43,7 +44,8 @@ def make_tiny(
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"{out} already exists and is not empty")
     kwargs = {**entry.tiny, **(overrides or {})}
-    config = AutoConfig.for_model(entry.model_type, **kwargs)  # transformers' own class: no remote code
+    # transformers' own class (no remote code), on a copy: config classes may edit nested dicts in place
+    config = AutoConfig.for_model(entry.model_type, **copy.deepcopy(kwargs))
     torch.manual_seed(seed)
     auto = AutoModelForImageTextToText if entry.nested else auto_class(entry.model_type)
     with quiet():
@@ -53,11 +55,68 @@ def make_tiny(
         for t in model.state_dict().values():
             if t.is_floating_point():
                 t.add_(torch.randn(t.shape, generator=gen, dtype=t.dtype) * noise)
+        for name, t in model.named_buffers():  # expert-id tables (hash routing): k distinct ids per row
+            if any(name.endswith("." + mem) for _, mem in entry.id_tables):
+                n_experts = next(getattr(config, k) for k in entry.count_keys if getattr(config, k, None))
+                ids = torch.rand(t.shape[0], n_experts, generator=gen).argsort(dim=1)[:, : t.shape[1]]
+                t.copy_(ids.to(t.dtype))
     model = model.to(getattr(torch, dtype))
+    state: dict[str, Any] | None = None
+    names, prefix = list(model.state_dict()), entry.layers + "."
+    if not any(k.startswith(prefix) for k in names) and any(k.startswith("model." + prefix) for k in names):
+        # the hub's keys lack the "model." prefix (DeepSeek-V4): saved so, transformers adds it on load
+        state = {k.removeprefix("model."): v for k, v in model.state_dict().items()}
     with quiet():  # no "Writing model shards" bar
-        model.save_pretrained(out, max_shard_size=shard_bytes, save_original_format=not entry.tiny_fused)
+        model.save_pretrained(
+            out, state_dict=state, max_shard_size=shard_bytes, save_original_format=not entry.tiny_fused
+        )
     if "architectures" in kwargs:  # the hub's name, which save_pretrained replaces (serving engines dispatch on it)
         written = json.loads((out / "config.json").read_text())
         written["architectures"] = kwargs["architectures"]
         (out / "config.json").write_text(json.dumps(written, indent=2) + "\n")
+    _hub_text_model_type(out / "config.json", kwargs)
+    if entry.tiny_transposed or entry.tiny_renames:
+        transposed = [f"{entry.block}.{name}" if entry.block else name for name in entry.tiny_transposed]
+        _as_on_the_hub(out, transposed, entry.tiny_renames)
     return out
+
+
+def _hub_text_model_type(file: Path, given: dict[str, Any]) -> None:
+    """Put back the text model's ``model_type`` the entry gave where transformers saves another
+    (Kimi-K2.5's hub config.json says "kimi_k2", which transformers reads and saves as deepseek_v3)."""
+    wanted = (given.get("text_config") or {}).get("model_type")
+    written = json.loads(file.read_text())
+    text = written.get("text_config")
+    if wanted is not None and isinstance(text, dict) and text.get("model_type") != wanted:
+        text["model_type"] = wanted
+        file.write_text(json.dumps(written, indent=2) + "\n")
+
+
+def _as_on_the_hub(out: Path, transposed: list[str], renames: tuple[tuple[str, str], ...]) -> None:
+    """Rewrite the saved shards as the hub stores them: the last two axes of every tensor whose name
+    ends with one of ``transposed`` swapped, then every name passed through ``renames`` (the index's
+    weight map too)."""
+    import re
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    def hub_name(name: str) -> str:
+        for pattern, repl in renames:
+            name = re.sub(pattern, repl, name)
+        return name
+
+    for shard in sorted(out.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            metadata = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        hub = {
+            hub_name(k): t.transpose(-1, -2).contiguous() if any(k.endswith(s) for s in transposed) else t
+            for k, t in tensors.items()
+        }
+        save_file(hub, shard, metadata=metadata)
+    index = out / "model.safetensors.index.json"
+    if index.exists():
+        written = json.loads(index.read_text())
+        written["weight_map"] = {hub_name(k): v for k, v in written["weight_map"].items()}
+        index.write_text(json.dumps(written, indent=2) + "\n")
