@@ -501,3 +501,101 @@ def test_every_layer_load_is_mapped_and_every_freed_layer_trimmed(
     load = [("threshold", 128 << 10), ("threshold", 32 << 20), ("trim",)]
     load_then_free = [*load, ("trim",)]  # first what lies outside the layers (freed: the embeddings), then each layer
     assert calls == load_then_free * (1 + N_LAYERS)
+
+
+# --- decoder layers that pass state on to later layers (calib/carry.py) --------------------------
+
+
+def _gemma4_text(**over: Any) -> dict[str, Any]:
+    from moeprune.arch import FAMILIES
+
+    return {"text_config": {**FAMILIES["gemma4"].tiny["text_config"], **over}}  # type: ignore[dict-item]
+
+
+CARRY: dict[str, tuple[dict[str, Any], set[str]]] = {
+    # GLM-5: layer 2's indexer is "shared": it attends to the top-k tokens layer 1's indexer chose
+    # (returned as (hidden, topk_indices), taken as prev_topk_indices); index_topk 8 < the 24 tokens.
+    "glm_moe_dsa": ({"indexer_types": ["full", "full", "shared"]}, {"out1.1"}),
+    # Kolibri 1.1: layer 1 is an indexer (a new token pool), layer 2 reuses its pool (index_pool) and
+    # reads its keys and values from shared_kv_states; pool 8, top-k 4 + 2 local + 1 sink < 24 tokens.
+    "kolibri1_1": (
+        {
+            "layer_types": ["sliding_attention", "indexed_attention", "indexed_attention"],
+            "index_layers": [1],
+            "kv_source_layers": [0, 1, 1],
+            "index_pool_size": 8,
+            "index_compression": 4,
+            "index_topk": 4,
+            "index_num_local_tokens": 2,
+            "index_num_sink_tokens": 1,
+        },
+        {"out1.1", "shared0"},
+    ),
+    # Gemma 4: per_layer_input, a positional argument of every layer, and layer 2 reusing layer 0's
+    # keys and values (num_kv_shared_layers) through shared_kv_states.
+    "gemma4": (
+        _gemma4_text(
+            hidden_size_per_layer_input=16,
+            num_kv_shared_layers=1,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        ),
+        {"shared0"},
+    ),
+}
+"""family: (tiny config overrides whose layers pass state on, state keys a later layer must read)."""
+
+
+@pytest.mark.parametrize("family", sorted(CARRY))
+def test_state_passed_between_layers_is_carried(
+    family: str, tiny: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calibration equals the full-model reference (test_family_specifics.py's check) on tiny configs
+    where later layers really read what earlier ones pass on, and that state is in the cache."""
+    from moeprune.calib import carry
+    from test_calib_reference import ATOL, RTOL, build_reference, token_batch
+
+    overrides, keys = CARRY[family]
+    path = tiny(family, overrides=overrides)
+    ref = build_reference(path, family, token_batch())
+    seen: set[str] = set()
+    passed_on = carry.passed_on
+
+    def spy(*args: Any) -> Any:
+        hidden, state = passed_on(*args)
+        seen.update(state)
+        return hidden, state
+
+    monkeypatch.setattr(carry, "passed_on", spy)
+    stats = calibrate(path, token_batch(), batch_size=2)
+    assert keys <= seen
+    assert sorted(stats.layers) == sorted(ref.layers)
+    for i, layer in ref.layers.items():
+        got, want = stats.layer(i), layer.moments(ref.n_experts)
+        assert torch.equal(got[:, 0, 0], want[:, 0, 0]), f"layer {i}: N_j"
+        torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL, msg=f"layer {i}")
+
+
+@pytest.mark.parametrize("offload", [True, False], ids=["offload-dir", "stats-folder"])
+def test_resume_carries_the_state_a_later_layer_reads(
+    offload: bool, tiny: Callable[..., Path], tokens: TokenBatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GLM-5 with a shared indexer on layer 2: interrupted before layer 2 (the cache in --offload-dir)
+    or inside it (the cache in the STATS folder), the resumed run reads layer 1's top-k tokens from
+    the cache and writes the moments of an uninterrupted run, which equal those of a run whose cache
+    stays in memory."""
+    path = tiny("glm_moe_dsa", overrides=CARRY["glm_moe_dsa"][0])
+    want = tmp_path / "want"
+    calibrate(path, tokens, out=want, batch_size=BATCH)
+    assert torch.equal(calibrate(path, tokens, batch_size=BATCH).moments, moments(want))
+
+    out, folder = tmp_path / "stats", tmp_path / "offload"
+    kwargs: dict[str, Any] = {"stop_before": 2, "offload_dir": folder} if offload else {"stop_in": (2, 2)}
+    interrupted(path, tokens, out, monkeypatch, **kwargs)
+    cache = (folder if offload else out / engine.CACHE) / "rank0" / "input-2"
+    with safe_open(str(cache / "0.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["state"]) == {"out1.1": {"tensor": "state.1"}}
+        topk = f.get_tensor("state.1")  # layer 1's top-k tokens per query: (batch, seq, index_topk)
+    assert topk.shape == (BATCH, SEQ_LEN, 8) and not topk.is_floating_point()
+    spy = resumed(path, tokens, out, monkeypatch, **({"offload_dir": folder} if offload else {}))
+    assert spy.loaded == [2] and spy.calls == {2: N_BATCHES}
+    assert_same_run(out, want)

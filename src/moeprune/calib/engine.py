@@ -19,6 +19,7 @@ samples and the moments are all-reduced after every layer: the result equals one
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from moeprune.calib import carry
 from moeprune.calib.data import TokenBatch
 from moeprune.calib.hooks import Observer
 from moeprune.calib.memory import limit_kernel_cache
@@ -64,37 +66,44 @@ def auto_dtype(device: torch.device) -> str:
 
 
 class Cache:
-    """Hidden states of every batch, by the layer they are the input of: in memory, or one
-    safetensors file per batch in ``folder/input-{layer}``. A layer's outputs go to the next
-    layer's generation, which replaces the current one only once the layer is finished, so an
-    interruption never leaves a half-advanced cache."""
+    """Hidden states of every batch, by the layer they are the input of, with the state earlier
+    layers pass on to later ones (`carry`): in memory, or one safetensors file per batch in
+    ``folder/input-{layer}`` (the state's tensors beside ``h``, its structure in the metadata). A
+    layer's outputs go to the next layer's generation, which replaces the current one only once the
+    layer is finished, so an interruption never leaves a half-advanced cache."""
 
     def __init__(self, folder: Path | None, layer: int):
         self.folder, self.layer = folder, layer
-        self.mem: dict[int, dict[int, torch.Tensor]] = {}
+        self.mem: dict[int, dict[int, tuple[torch.Tensor, dict[str, Any]]]] = {}
 
     def _dir(self, layer: int) -> Path:
         assert self.folder is not None
         return self.folder / f"input-{layer}"
 
-    def get(self, b: int) -> torch.Tensor:
+    def get(self, b: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Batch ``b``'s input to the current layer and the state carried to it."""
         if self.folder is None:
             return self.mem[self.layer][b]
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        return load_file(str(self._dir(self.layer) / f"{b}.safetensors"))["h"]
+        with safe_open(str(self._dir(self.layer) / f"{b}.safetensors"), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            structure = json.loads((f.metadata() or {}).get("state", "{}"))
+        return tensors["h"], carry.unflatten(structure, tensors)
 
-    def put(self, b: int, h: torch.Tensor) -> None:
-        """Store batch ``b``'s input to the next layer."""
+    def put(self, b: int, h: torch.Tensor, state: dict[str, Any] | None = None) -> None:
+        """Store batch ``b``'s input to the next layer and the state carried to it."""
         if self.folder is None:
-            self.mem.setdefault(self.layer + 1, {})[b] = h
+            self.mem.setdefault(self.layer + 1, {})[b] = (h, state or {})
             return
         from safetensors.torch import save_file
 
         folder = self._dir(self.layer + 1)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{b}.tmp"
-        save_file({"h": h.detach().to("cpu").contiguous()}, str(tmp))
+        tensors = {"h": h.detach().to("cpu").contiguous()}
+        structure = carry.flatten(state or {}, tensors)
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(structure)} if structure else None)
         os.replace(tmp, folder / f"{b}.safetensors")
 
     def advance(self) -> None:
@@ -164,7 +173,14 @@ def calibrate(
         for i in range(start, len(skel.layers)):
             layer = skel.load_layer(i)
             observer = (
-                Observer(layer, moe.family.mem_experts, moe.family.mem_router, moe.n_experts, moe.family.scaled_input)
+                Observer(
+                    layer,
+                    moe.family.mem_experts,
+                    moe.family.mem_router,
+                    moe.n_experts,
+                    moe.family.scaled_input,
+                    moe.family.router_rows.zero_weight_slots,
+                )
                 if i in stats_layers
                 else None
             )
@@ -174,9 +190,10 @@ def calibrate(
                     if observer is not None:
                         observer.valid = mask.reshape(-1).bool()
                         observer.shard = observer.shards_of(mask, b * batch_size, rank, world, tokens.n_samples)
+                    h, state = cache.get(b)
                     with torch.no_grad():
-                        h = layer(cache.get(b).to(dev), **_to(kwargs[b][i], dev))
-                    cache.put(b, h[0] if isinstance(h, tuple) else h)
+                        out = layer(h.to(dev), **_to(carry.resolve(kwargs[b][i], state, i), dev))
+                    cache.put(b, *carry.passed_on(out, skel.arity[i], kwargs[b], i, state))
                     if progress is not None:
                         progress(f"layer {i + 1}/{len(skel.layers)}", int(mask.sum()), n_tok)
             finally:

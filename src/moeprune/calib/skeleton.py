@@ -11,8 +11,13 @@ memory goes back to the OS before the next one loads.
 
 from __future__ import annotations
 
+import dis
+import inspect
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
@@ -65,6 +70,9 @@ class Skeleton:
         self.mapping = get_model_conversion_mapping(self.model)
 
         self.layers = decoder_layers(self.model)
+        self.arity: dict[int, int] = {}
+        """Per decoder layer, how many values the model takes from its output (1: the hidden states
+        alone); learnt by `capture`."""
         pattern = re.compile(re.escape(moe.family.layers) + r"\.(\d+)\.")
         self.keys: dict[int, list[str]] = {}
         outside = []
@@ -120,37 +128,149 @@ class Skeleton:
         memory.release_freed_memory()
 
     def capture(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        """The first layer's input and every layer's keyword arguments for one batch."""
+        """The first layer's input and every layer's keyword arguments for one batch.
+
+        Positional arguments after the hidden states are named by the layer's signature (Gemma 4's
+        ``per_layer_input``). An argument that is an earlier layer's extra output (GLM-5's top-k
+        tokens, Kolibri's index pool) is recorded as `Carried`, a mapping that layers fill for later
+        layers (shared keys and values) as `Shared`: the engine passes the real values when it runs
+        the layers. How many values the model takes from each layer (`arity`) is read from the
+        model's own forward, at the call."""
         found: list[dict[str, Any]] = []
         first: list[torch.Tensor] = []
         last = len(self.layers) - 1
+        shared: dict[int, Shared] = {}
 
-        def stub(i: int) -> Callable[..., Any]:
+        def stub(i: int, layer: torch.nn.Module, signature: inspect.Signature) -> Callable[..., Any]:
             def run(*args: Any, **kwargs: Any) -> Any:
-                hidden = args[0] if args else kwargs.pop("hidden_states")
+                hidden, named = _named(signature, args, kwargs)
                 if not first:
                     first.append(hidden)
-                found.append({k: v for k, v in kwargs.items() if k != "hidden_states"} | _extra(args))
+                found.append({k: _record(v, shared, i) for k, v in named.items()})
+                n = _unpacked_by_caller(sys._getframe(1), layer)
+                if self.arity.setdefault(i, n) != n:
+                    raise InputError(
+                        f"layer {i}: the model takes {n} outputs from it in one batch and {self.arity[i]} in another"
+                    )
                 if i == last:
                     raise _Stop
-                return hidden
+                return hidden if n == 1 else (hidden, *(_Marker(i, s) for s in range(1, n)))
 
             return run
 
         for i, layer in enumerate(self.layers):
-            layer.forward = stub(i)
+            signature = inspect.signature(layer.forward)
+            layer.forward = stub(i, layer, signature)
         try:
             with torch.no_grad():
-                self.model.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+                self.model.base_model(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
+                )
         except _Stop:
             pass
+        except TypeError as e:  # the model used a placeholder of an earlier layer's output as a value
+            if "_Marker" not in str(e):
+                raise
+            raise InputError(f"the model computes with a decoder layer's extra output between layers: {e}") from None
         finally:
             for layer in self.layers:
                 del layer.forward
         return first[0], found
 
 
-def _extra(args: tuple[Any, ...]) -> dict[str, Any]:
-    if len(args) > 1:
-        raise InputError("a decoder layer is called with positional arguments this version cannot replay")
-    return {}
+@dataclass(frozen=True)
+class Carried:
+    """An argument of a decoder layer that is extra output ``slot`` (1, 2, ...; 0 is the hidden
+    states) of the earlier decoder layer ``layer``, as the model's forward passes it on."""
+
+    layer: int
+    slot: int
+
+    @property
+    def key(self) -> str:
+        return f"out{self.layer}.{self.slot}"
+
+
+@dataclass(eq=False)
+class Shared:
+    """A mapping the model passes to its decoder layers, which layers fill for later ones (shared
+    keys and values: Kolibri 1.1, Gemma 4): ``initial`` is what it held before the first layer."""
+
+    key: str
+    mapping: MutableMapping[Any, Any]
+    initial: dict[Any, Any]
+
+
+class _Marker:
+    """What a stubbed layer returns in place of its extra output ``slot`` during the capture."""
+
+    __slots__ = ("layer", "slot")
+
+    def __init__(self, layer: int, slot: int):
+        self.layer, self.slot = layer, slot
+
+    def __repr__(self) -> str:
+        return f"_Marker(layer {self.layer}, output {self.slot})"
+
+
+def _named(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(hidden states, every other argument by name) of one decoder-layer call."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as e:
+        raise InputError(f"a decoder layer is called with arguments its signature does not take: {e}") from None
+    hidden, named = None, {}
+    for k, (name, value) in enumerate(bound.arguments.items()):
+        kind = signature.parameters[name].kind
+        if k == 0:
+            hidden = value
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL or kind is inspect.Parameter.POSITIONAL_ONLY:
+            if value:
+                raise InputError("a decoder layer is called with positional arguments this version cannot replay")
+        else:
+            named[name] = value
+    return hidden, named
+
+
+def _record(value: Any, shared: dict[int, Shared], layer: int) -> Any:
+    if isinstance(value, _Marker):
+        return Carried(value.layer, value.slot)
+    if isinstance(value, MutableMapping):
+        if id(value) not in shared:
+            shared[id(value)] = Shared(f"shared{len(shared)}", value, dict(value))
+        return shared[id(value)]
+    if _holds_marker(value):
+        raise InputError(f"layer {layer}: the model passes an earlier layer's output inside {type(value).__name__}")
+    return value
+
+
+def _holds_marker(value: Any) -> bool:
+    if isinstance(value, _Marker):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_marker(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_holds_marker(v) for v in value.values())
+    return False
+
+
+def _unpacked_by_caller(frame: FrameType | None, layer: torch.nn.Module) -> int:
+    """How many values the model's forward unpacks from this call of ``layer`` (1 when it keeps the
+    result whole): the instruction after the call in the first caller that is not the layer's own
+    ``__call__`` machinery (``UNPACK_SEQUENCE n`` for ``hidden_states, topk = layer(...)``)."""
+    while frame is not None and frame.f_locals.get("self") is layer:
+        frame = frame.f_back
+    if frame is None:
+        return 1
+    after = next((ins for ins in dis.get_instructions(frame.f_code) if ins.offset > frame.f_lasti), None)
+    if after is None:
+        return 1
+    if after.opname == "UNPACK_SEQUENCE":
+        return int(after.argval)
+    if after.opname == "UNPACK_EX":
+        raise InputError(
+            "the model unpacks a decoder layer's outputs with a starred target, which this version cannot replay"
+        )
+    return 1
