@@ -8,6 +8,7 @@ vision tower's. A model_type with neither class is one clear error.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,30 @@ def test_neither_class_is_one_error(tmp_path: Path) -> None:
             load()
         assert "\n" not in str(e.value)
         assert "no causal-LM or image-text-to-text class for model_type 'qwen3_omni_moe'" in str(e.value)
+
+
+def test_tiny_checkpoints_in_the_hubs_layout(tiny: Callable[..., Path]) -> None:
+    """make-tiny writes what the hub ships, where transformers' save_pretrained does not give it back."""
+    from safetensors import safe_open
+
+    def shapes(folder: Path) -> dict[str, list[int]]:
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+
+    qwen = tiny("qwen3_vl_moe")
+    text = json.loads((qwen / "config.json").read_text())["text_config"]
+    E, H, I = text["num_local_experts"], text["hidden_size"], text["moe_intermediate_size"]  # noqa: E741
+    assert 2 * I != H  # a transposition cannot hide
+    got = shapes(qwen)
+    assert got["model.language_model.layers.0.mlp.experts.gate_up_proj"] == [E, H, 2 * I]
+    assert got["model.language_model.layers.0.mlp.experts.down_proj"] == [E, I, H]
+    assert any(k.startswith("model.visual.") for k in got)
+
+    kimi = tiny("kimi_k25")
+    config = json.loads((kimi / "config.json").read_text())
+    assert config["text_config"]["model_type"] == "kimi_k2"
+    assert config["architectures"] == ["KimiK25ForConditionalGeneration"]
+    got = shapes(kimi)
+    assert "language_model.model.layers.1.mlp.experts.0.gate_proj.weight" in got
+    assert "language_model.lm_head.weight" in got
+    assert not any(".blocks." in k for k in got if k.startswith("language_model."))
