@@ -186,15 +186,13 @@ def test_a_float_table_is_refused_before_any_work(
     assert r.code == 2 and "2-D integer tensor" in r.err, r
 
 
-def test_fp4_experts_as_the_hub_ships_them(tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path) -> None:
-    """Hub DeepSeek-V4 experts are FP4: ``w*.weight`` I8 [I, H/2] (two E2M1 codes per byte) with
-    ``w*.scale`` F8_E8M0 [I, H/32]. Pruning keeps each expert's scale with its weight; weight
-    criteria cannot read the format yet and say so in one line (not a wrong score)."""
-    src = tmp_path / "src"
-    shutil.copytree(tiny("deepseek_v4"), src)
+def _fp4_checkpoint(src: Path, dst: Path) -> dict[str, torch.Tensor]:
+    """Copy ``src`` with its experts as hub DeepSeek-V4 stores them, FP4: ``w*.weight`` I8 [I, H/2]
+    (two E2M1 codes per byte) with ``w*.scale`` F8_E8M0 [I, H/32] (one power of two per 32 values)."""
+    shutil.copytree(src, dst)
     gen = torch.Generator().manual_seed(0)
     tensors: dict[str, torch.Tensor] = {}
-    for name, t in load_file(src / "model.safetensors").items():
+    for name, t in load_file(dst / "model.safetensors").items():
         if ".ffn.experts." in name and name.endswith(".weight"):
             rows, cols = t.shape
             tensors[name] = torch.randint(-128, 128, (rows, cols // 2), generator=gen, dtype=torch.int8)
@@ -202,13 +200,16 @@ def test_fp4_experts_as_the_hub_ships_them(tiny: Callable[..., Path], cli: Calla
             tensors[name[: -len("weight")] + "scale"] = scale.view(torch.float8_e8m0fnu)
         else:
             tensors[name] = t
-    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    return tensors
 
-    r = cli("score", str(src), "--criterion", "aimer", "-o", str(tmp_path / "s.json"))
-    assert r.code == 2 and "cannot score I8 expert weights" in r.err and len(r.err.strip().splitlines()) == 1, r
 
+def test_fp4_experts_are_pruned_with_their_scales(
+    tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    tensors = _fp4_checkpoint(tiny("deepseek_v4"), tmp_path / "src")
     out = tmp_path / "out"
-    r = cli("prune", str(src), "--criterion", "random", "--ratio", "0.25", "-o", str(out))
+    r = cli("prune", str(tmp_path / "src"), "--criterion", "random", "--ratio", "0.25", "-o", str(out))
     assert r.code == 0, r
     plan = json.loads((out / "moeprune_plan.json").read_text())["layers"]
     pruned = load_file(out / "model.safetensors")
@@ -220,3 +221,32 @@ def test_fp4_experts_as_the_hub_ships_them(tiny: Callable[..., Path], cli: Calla
                     b = pruned[f"layers.{layer}.ffn.experts.{k}.{part}.{suffix}"]
                     assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
         assert f"layers.{layer}.ffn.experts.{len(lp['kept'])}.w1.scale" not in pruned
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="scoring/quant.py does not dequantize DeepSeek-V4's FP4 experts yet (w*.weight I8 + w*.scale E8M0): "
+    "score refuses them in one line ('cannot score I8 expert weights')",
+)
+def test_fp4_experts_score_as_their_dequantized_weights(
+    tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    tensors = _fp4_checkpoint(tiny("deepseek_v4"), tmp_path / "src")
+    r = cli("score", str(tmp_path / "src"), "--criterion", "aimer", "-o", str(tmp_path / "s.json"))
+    assert r.code == 0, r
+    codes = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    codes = np.concatenate([codes, -codes])  # E2M1: bit 3 is the sign
+    for layer, got in json.loads((tmp_path / "s.json").read_text())["layers"].items():
+        want = []
+        for j in range(len(got)):
+            parts = []
+            for part in ("w1", "w2", "w3"):
+                q = tensors[f"layers.{layer}.ffn.experts.{j}.{part}.weight"].view(torch.uint8).numpy()
+                e = tensors[f"layers.{layer}.ffn.experts.{j}.{part}.scale"].view(torch.uint8).numpy()
+                w = np.stack([codes[q & 15], codes[q >> 4]], axis=-1).reshape(q.shape[0], e.shape[1], 32)
+                parts.append((w * np.exp2(e.astype(np.float64) - 127)[..., None]).ravel())
+            w = np.concatenate(parts)
+            want.append(np.mean(np.abs(w)) / np.sqrt(np.mean(w * w)))
+        np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=f"layer {layer}")
