@@ -60,6 +60,8 @@ CALIBRATED = [
     # M1: multimodal MoEs by their text model
     "qwen3_vl_moe",
     "kimi_k25",
+    "glm4v_moe",
+    "glm5_next",
     # K: decoder layers that pass state on to later layers (calib/carry.py)
     "glm_moe_dsa",
     "kolibri1_1",
@@ -86,6 +88,7 @@ CALIBRATED = [
 
 CALIBRATED_ELSEWHERE = {
     "longcat_flash": "tests/test_router_rows.py (identity-expert slots excluded from the reference)",
+    "ergo": "tests/test_router_rows.py (non-gated relu² experts with a per-expert output norm)",
     "nemotron_h": "tests/test_family_structure.py (non-gated ReLU² experts by hand; the latent variant too)",
     "dbrx": "tests/test_family_structure.py (experts as blocks of rows of w1, v1, w2, by hand)",
 }

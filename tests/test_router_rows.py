@@ -10,9 +10,11 @@ key layout, what a user relies on beyond tests/test_families.py:
   its bias; the config keeps the count of extra rows and changes only the routed count;
 - a plan or a score file that names one of those rows is refused with one ``error:`` line;
 - a checkpoint whose router rows disagree with the config's count of extra rows is refused;
+- a router stored with its experts on another axis than the family's (Ergo: [H, E]) is refused;
 - calibration counts only real experts' tokens: the experts module receives a token's identity slots
   as weight-0 pairs on a real expert, and the moments equal a float64 reference that takes the
-  identity slots from the router's own selection.
+  identity slots from the router's own selection; Ergo's (non-gated relu² experts, each with its own
+  output RMSNorm) equal a float64 reference of their own.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from moeprune.arch import FAMILIES
 from moeprune.arch.spec import RouterRows
@@ -43,9 +45,14 @@ ROUTER_ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
 """The families with router rows that are not experts, as the architecture reference describes them."""
 
 
+ROUTER_AXIS = {"ergo": ("layers.{L}.feed_forward.gate_kernel", 1)}
+"""Families whose router weight is stored with the experts on another axis than 0: (key, axis)."""
+
+
 def test_every_router_rows_family_is_covered() -> None:
-    have = sorted(name for name, f in FAMILIES.items() if f.router_rows != RouterRows())
-    assert have == sorted(ROUTER_ROWS)
+    extra = sorted(name for name, f in FAMILIES.items() if f.router_rows.extra is not RouterRows().extra)
+    assert extra == sorted(ROUTER_ROWS)
+    assert all(FAMILIES[name].router_rows.axis == axis for name, (_, axis) in ROUTER_AXIS.items())
 
 
 def _text(config: dict[str, Any]) -> dict[str, Any]:
@@ -231,3 +238,92 @@ def test_zero_weight_pairs_would_be_counted_without_the_entry(
     want = longcat_reference(path, tokens)
     stats = calibrate(path, tokens, batch_size=2)
     assert any(not torch.equal(stats.layer(i)[:, 0, 0], ref[:, 0, 0]) for i, ref in want.items())
+
+
+@pytest.mark.parametrize("family", sorted(ROUTER_AXIS))
+def test_a_router_stored_with_the_experts_on_the_wrong_axis_is_refused(
+    family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Ergo's hub checkpoints store the router [H, E]; one stored [E, H] (as every other family) is
+    refused before any weight is read, with one line naming the tensor and the axis."""
+    key, axis = ROUTER_AXIS[family]
+    src = tmp_path / "src"
+    shutil.copytree(tiny(family), src)
+    tensors = load_file(src / "model.safetensors")
+    name = key.format(L=1)
+    assert tensors[name].shape[axis] == 8 != tensors[name].shape[1 - axis]
+    tensors[name] = tensors[name].T.contiguous()
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    line = _one_error_line(cli("score", str(src), "-o", str(tmp_path / "s.json")))
+    assert name in line and f"along axis {axis}" in line
+
+
+# --- Ergo: a transposed router, non-gated experts with their own output norm ------------------------------
+
+
+def ergo_reference(path: Path, tokens: Any) -> dict[int, torch.Tensor]:
+    """Per MoE layer, the (E, 3, 3) float64 moments over the non-padding routed pairs, with
+    f_j(x) = RMSNorm(relu(x @ up[j])² @ down[j]) · norm[j] recomputed by hand (modeling_ergo.py: the
+    per-expert output norm comes before the routing weight); also checks Σ g f against the module."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        if not hasattr(layer.mlp, "experts"):
+            continue
+        store: dict[str, torch.Tensor] = {}
+        seen[i] = store
+
+        def pre(m: Any, args: Any, store: dict[str, torch.Tensor] = store) -> None:
+            store["hidden"], store["index"], store["weights"] = (a.detach().clone() for a in args[:3])
+
+        def post(m: Any, args: Any, out: Any, store: dict[str, torch.Tensor] = store) -> None:
+            store["actual"] = out.detach().clone()
+
+        handles += [layer.mlp.experts.register_forward_pre_hook(pre), layer.mlp.experts.register_forward_hook(post)]
+    with torch.no_grad():
+        model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    for h in handles:
+        h.remove()
+
+    valid = tokens.attention_mask.reshape(-1).bool()
+    moments = {}
+    for i, s in seen.items():
+        experts = model.model.layers[i].mlp.experts
+        up, down = experts.up_proj.detach().double(), experts.down_proj.detach().double()  # (E, H, I), (E, I, H)
+        scale, eps = experts.post_expert_norm.weight.detach().double(), experts.post_expert_norm.eps
+        index, weights, hidden = s["index"], s["weights"], s["hidden"].double()
+        n = up.shape[0]
+        rebuilt = torch.zeros(hidden.shape, dtype=torch.float64)
+        a = torch.zeros(n, 3, 3, dtype=torch.float64)
+        for j in range(n):
+            tok, slot = (index == j).nonzero(as_tuple=True)
+            y = torch.relu(hidden[tok] @ up[j]) ** 2 @ down[j]
+            f = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps) * scale[j]
+            g = weights[tok, slot].double()
+            rebuilt.index_add_(0, tok, g[:, None] * f)
+            keep = valid[tok]
+            g, norm = g[keep], f[keep].norm(dim=-1)
+            for al in range(3):
+                for be in range(3):
+                    a[j, al, be] = (g**al * norm**be).sum()
+        torch.testing.assert_close(rebuilt.float(), s["actual"], rtol=1e-5, atol=1e-5, msg=f"layer {i}")
+        moments[i] = a
+    return moments
+
+
+def test_ergo_calibration_equals_its_reference(tiny: Callable[..., Path]) -> None:
+    from moeprune.calib.engine import calibrate
+
+    path = tiny("ergo")
+    tokens = token_batch()
+    want = ergo_reference(path, tokens)
+    assert sorted(want) == [1, 2]  # layer 0 is dense (num_dense_blocks)
+    stats = calibrate(path, tokens, batch_size=2)
+    assert sorted(stats.layers) == sorted(want)
+    for i, ref in want.items():
+        got = stats.layer(i)
+        assert torch.equal(got[:, 0, 0], ref[:, 0, 0]), f"layer {i}: N_j"
+        torch.testing.assert_close(got, ref, rtol=RTOL, atol=ATOL, msg=f"layer {i}")

@@ -63,20 +63,6 @@ def _pattern(chars: str) -> Check:
     return lambda v: None if isinstance(v, str) and set(v) <= set(chars) else f"must be a string of {chars}"
 
 
-def _sub_config(*keys: str) -> Check:
-    """An object (DBRX's ``ffn_config``) whose ``keys`` are checked as `FIELDS` checks them."""
-
-    def check(v: Any) -> str | None:
-        if not isinstance(v, dict):
-            return "must be an object"
-        for key in keys:
-            if v.get(key) is not None and (problem := FIELDS[key](v[key])) is not None:
-                return f"{key} {problem} (got {shown(v[key])})"
-        return None
-
-    return check
-
-
 COUNT = _integer(1, _LIMIT)
 """Experts, top-k, layers, groups, steps: at least one."""
 INDEX = _integer(0, _LIMIT)
@@ -129,9 +115,11 @@ FIELDS: dict[str, Check] = {
     # R: Inkling (shared-expert sink rows of the router; first dense layers in hub configs)
     "n_shared_experts": INDEX,
     "dense_mlp_idx": INDEX,
+    # R: Ergo (its first dense layers in hub configs without mlp_layer_types)
+    "num_dense_blocks": INDEX,
     # S: DBRX (n_layers; counts inside ffn_config), Nemotron-H (layer types, hub pattern)
     "n_layers": COUNT,
-    "ffn_config": _sub_config("moe_num_experts", "moe_top_k"),
+    "ffn_config": _object,  # its own keys are checked against this table too (check_config)
     "moe_top_k": COUNT,
     "layers_block_type": _list(_string),
     "hybrid_override_pattern": _pattern("ME*-"),
@@ -170,6 +158,9 @@ def check_config(config: Any, where: str) -> dict[str, Any]:
     text = config.get("text_config") or {}
     if text:
         _check(FIELDS, text, f"{where} (text_config)")
+    ffn = (text or config).get("ffn_config")
+    if isinstance(ffn, dict):  # DBRX: the expert count and top-k live in ffn_config
+        _check(FIELDS, ffn, f"{where} (ffn_config)")
     for quant, label in ((config.get("quantization_config"), ""), (text.get("quantization_config"), " (text_config)")):
         if quant:
             _check(QUANTIZATION_FIELDS, quant, f"{where}{label} (quantization_config)")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from moeprune.arch.spec import Config, Family, Groups, RouterRows, ScaledInput
-from moeprune.errors import UnsupportedFamilyError
+from moeprune.arch.spec import Config, ExpertSets, Family, Groups, RouterRows, ScaledInput
+from moeprune.errors import InputError, UnsupportedFamilyError
 
 # --- which decoder layers are MoE layers -------------------------------------------------------
 
@@ -90,18 +90,29 @@ def mlp_layer_types(fallback: Callable[[Config], list[int]]) -> Callable[[Config
     return rule
 
 
+# M1: GLM-5-Next
+
+
+def after_first_three(cfg: Config) -> list[int]:
+    """GLM-5-Next without ``mlp_layer_types``: transformers makes the first three layers dense
+    (whatever ``first_k_dense_replace`` says)."""
+    return list(range(min(3, _n_layers(cfg)), _n_layers(cfg)))
+
+
 # S: layer counts and MoE layers of configs without num_hidden_layers (DBRX, Nemotron-H)
 
 
-def dbrx_layer_count(cfg: Config) -> int | None:
+def dbrx_layer_count(cfg: Config) -> int:
     """DBRX counts its decoder layers (``transformer.blocks``) in ``n_layers``."""
     n = cfg.get("n_layers")
-    return None if n is None else int(n)
+    if n is None:
+        raise InputError("config.json has no n_layers (DBRX's decoder layer count)")
+    return int(n)
 
 
 def dbrx_layers(cfg: Config) -> list[int]:
     """DBRX: every one of the ``n_layers`` blocks has routed experts."""
-    return list(range(dbrx_layer_count(cfg) or 0))
+    return list(range(dbrx_layer_count(cfg)))
 
 
 _NEMOTRON_PATTERN = {"M": "linear_attention", "E": "moe", "*": "full_attention", "-": "mlp"}
@@ -120,9 +131,11 @@ def nemotron_block_types(cfg: Config) -> list[str] | None:
     return None
 
 
-def nemotron_layer_count(cfg: Config) -> int | None:
+def nemotron_layer_count(cfg: Config) -> int:
     types = nemotron_block_types(cfg)
-    return len(types) if types is not None else None
+    if types is None:
+        raise InputError("config.json has neither layers_block_type nor hybrid_override_pattern (Nemotron-H's layers)")
+    return len(types)
 
 
 def nemotron_layers(cfg: Config) -> list[int]:
@@ -772,6 +785,10 @@ _ENTRIES = [
             num_shared_experts=1,
             num_dense_layers=1,
             route_scale=2.0,
+            score_func="sigmoid",  # the hub config's routing keys (vLLM reads them; transformers hard-codes them)
+            route_norm=True,
+            n_group=1,
+            topk_group=1,
             global_attn_every_n_layers=2,
             sliding_window=16,
             pad_token_id=None,
@@ -1030,6 +1047,10 @@ _ENTRIES = [
             moe_intermediate_size=32,
             num_shared_experts=1,
             router_scaling_factor=2.826,
+            first_k_dense_replace=1,  # the hub config's keys (vLLM reads them; transformers derives them)
+            expert_hidden_dim=32,
+            route_norm=True,
+            qk_norm=True,
             **_E8K2,
         ),
         notes="Tencent Hy3: sigmoid + expert_bias on the block (router.gate on disk), renormalise, x scale",
@@ -1288,6 +1309,7 @@ _ENTRIES = [
             n_routed_experts=8,
             num_experts_per_tok=3,
             n_shared_experts=1,
+            intermediate_size=32,  # an alias of moe_intermediate_size in this config class (attribute_map)
             moe_intermediate_size=32,
             num_key_value_heads=1,
             head_dim=32,
@@ -1400,6 +1422,36 @@ _ENTRIES = [
             audio_config=dict(n_mel_bins=8, mel_vocab_size=16),
         ),
         notes="router rows n_routed_experts + n_shared_experts (shared-expert sinks, kept); selection bias gate.bias",
+    ),
+    Family(
+        "ergo",
+        count_keys=("num_experts",),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(
+            lambda cfg: [i for i in range(_n_layers(cfg)) if i >= int(cfg.get("num_dense_blocks", 1) or 0)]
+        ),
+        layers="layers",  # the hub's keys have no "model." prefix
+        block="feed_forward",
+        router="gate_kernel",  # stored [H, E]: experts on axis 1 (transposed on load)
+        router_rows=RouterRows(axis=1),
+        # the selection bias and each expert's output RMSNorm scale [E, H]: sliced with the experts, not
+        # pooled by weight criteria (a norm scale, like a bias)
+        sliced=(("router_bias", 0), ("expert_output_norm.scale", 0)),
+        fused=("up_proj", "down_proj"),  # non-gated relu² experts, [E, H, I] and [E, I, H]
+        mem_router="mlp.gate.linear",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=_tiny(
+            architectures=["ErgoForCausalLM"],
+            first_dense_intermediate_size=96,
+            num_dense_blocks=1,
+            moe_intermediate_size=32,
+            shared_intermediate_size=48,
+            num_experts=8,
+            sliding_window=16,
+            global_attention_every_n_layers=2,
+            **_E8K2,
+        ),
+        notes="transposed router gate_kernel [H, E]; keys without model.; non-gated relu² experts with a per-expert norm",
     ),
     # --- S: row-blocked experts, coupled expert sets, non-gated experts ---
     Family(
@@ -1560,7 +1612,140 @@ _ENTRIES = [
         ),
         notes="Kimi-K2.5: as deepseek_v3 (sigmoid + correction bias, n_group) under language_model.model.; vision tower kept",
     ),
+    Family(
+        "glm4v_moe",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=first_k_dense(1),
+        layers="model.language_model.layers",
+        nested=True,
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=dict(
+            architectures=["Glm4vMoeForConditionalGeneration"],
+            text_config=_tiny(
+                n_routed_experts=8,
+                moe_intermediate_size=32,
+                n_shared_experts=1,
+                first_k_dense_replace=1,
+                n_group=2,
+                topk_group=1,
+                norm_topk_prob=True,
+                routed_scaling_factor=1.0,
+                attention_bias=True,
+                partial_rotary_factor=0.5,
+                rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1]),
+                **_E8K2,
+            ),
+            vision_config=dict(
+                depth=1,
+                hidden_size=32,
+                intermediate_size=32,
+                num_heads=2,
+                image_size=8,
+                patch_size=2,
+                spatial_merge_size=1,
+                temporal_patch_size=1,
+                out_hidden_size=64,
+            ),
+        ),
+        notes="GLM-4.5V: as glm4_moe (sigmoid + correction bias) under model.language_model.; vision tower kept",
+    ),
+    Family(
+        "glm5_next",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(after_first_three),
+        layers="model.language_model.layers",
+        nested=True,
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=dict(
+            architectures=["Glm5NextForConditionalGeneration"],
+            text_config=_tiny(
+                num_hidden_layers=3,
+                num_key_value_heads=4,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+                layer_types=["linear_attention", "indexed_attention", "linear_attention"],
+                n_routed_experts=8,
+                moe_intermediate_size=32,
+                n_shared_experts=1,
+                n_group=2,
+                topk_group=1,
+                norm_topk_prob=True,
+                routed_scaling_factor=2.5,
+                kv_lora_rank=16,
+                q_lora_rank=32,
+                qk_rope_head_dim=0,
+                qk_nope_head_dim=16,
+                v_head_dim=16,
+                index_topk=16,
+                index_kpool=4,
+                index_head_dim=16,
+                index_n_heads=2,
+                linear_head_dim=16,
+                linear_num_heads=4,
+                hc_mult=2,
+                pad_token_id=0,
+                **_E8K2,
+            ),
+            vision_config=dict(
+                depth=1,
+                hidden_size=32,
+                intermediate_size=32,
+                num_heads=2,
+                image_size=8,
+                patch_size=2,
+                spatial_merge_size=1,
+                temporal_patch_size=1,
+                out_hidden_size=64,
+                projection_intermediate_size=32,
+            ),
+        ),
+        notes="GLM-5-Next: as glm_moe_dsa's routing (sigmoid + correction bias) under model.language_model.; "
+        "hyper-connection streams, linear attention; vision tower kept",
+    ),
     # --- M2: multimodal MoEs (text model), group 2 ---
+    Family(
+        "ernie4_5_vl_moe",
+        count_keys=("moe_num_experts", "num_experts"),
+        topk_keys=("moe_k", "num_experts_per_tok"),
+        moe_layers=mlp_layer_types(ernie_rule),
+        nested=True,
+        router_rows=RouterRows(axis=1),  # gate.weight / gate.weight_1 are stored [H, E] (Paddle's layout)
+        expert_sets=ExpertSets(
+            routers=("gate.weight", "gate.weight_1"),  # text, vision
+            stacked=("moe_statics.e_score_correction_bias",),  # [2, E]: row 0 text, row 1 vision
+            mem_routers=("mlp.text_moe.gate", "mlp.vision_moe.gate"),
+            mem_biases=(
+                "mlp.text_moe.gate.moe_statics.e_score_correction_bias",
+                "mlp.vision_moe.gate.moe_statics.e_score_correction_bias",
+            ),
+        ),
+        mem_router="mlp.text_moe.gate",
+        mem_bias="mlp.text_moe.gate.moe_statics.e_score_correction_bias",
+        mem_experts="mlp.text_moe.experts",
+        calibration_blocker="calibration data is text, and text tokens are routed to the text expert set only: "
+        "the vision set would get no statistics to be ranked by (score ERNIE-4.5-VL with a weight criterion)",
+        tiny=dict(
+            architectures=["Ernie4_5_VLMoeForConditionalGeneration"],
+            text_config=_tiny(
+                moe_num_experts=8,
+                moe_k=2,
+                moe_intermediate_size=[32, 16],  # text, vision experts
+                moe_num_shared_experts=1,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+                rope_parameters=dict(rope_type="default", rope_theta=500000.0, mrope_section=[3, 3, 2]),
+            ),
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, patch_size=2),
+        ),
+        notes="ERNIE-4.5-VL: a text and a vision expert set per layer (experts.{0..E-1} and {E..2E-1}), each with "
+        "its own transposed router; pruned by the same count, ranked per set",
+    ),
     Family(
         "aria",
         count_keys=("moe_num_experts",),
