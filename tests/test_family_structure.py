@@ -317,13 +317,24 @@ def test_malformed_inputs_fail_with_one_line(
     def no_types(c: dict[str, Any]) -> None:
         del c["layers_block_type"]
 
+    def no_layers(c: dict[str, Any]) -> None:
+        del c["n_layers"]
+
+    def dense(c: dict[str, Any]) -> None:  # a dense Nemotron-H (Nemotron-H 8B): no "moe" layer
+        c["layers_block_type"] = ["linear_attention", "mlp", "full_attention", "mlp"]
+
     cases = [
         (_edit(dbrx, tmp_path / "rows", tensors=cut_rows), "blocks of rows"),
         (_edit(dbrx, tmp_path / "uneven", tensors=uneven), "differ in height"),
         (_edit(dbrx, tmp_path / "drop", tensors=drop), "experts.mlp.w1"),
-        (_edit(dbrx, tmp_path / "nested", config=nested), "ffn_config"),
+        (
+            _edit(dbrx, tmp_path / "nested", config=nested),
+            "(ffn_config): field moe_num_experts: must be a whole number",
+        ),
         (_edit(nemo, tmp_path / "pattern", config=pattern), "hybrid_override_pattern"),
-        (_edit(nemo, tmp_path / "types", config=no_types), "num_hidden_layers"),
+        (_edit(nemo, tmp_path / "types", config=no_types), "neither layers_block_type nor hybrid_override_pattern"),
+        (_edit(dbrx, tmp_path / "layers", config=no_layers), "no n_layers"),
+        (_edit(nemo, tmp_path / "dense", config=dense), "nothing to prune"),
     ]
     for path, needle in cases:
         one_line_error(cli("prune", str(path), "--ratio", "0.25", "-o", str(tmp_path / f"{path.name}-out")), needle)
