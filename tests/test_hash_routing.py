@@ -250,3 +250,29 @@ def test_fp4_experts_score_as_their_dequantized_weights(
             w = np.concatenate(parts)
             want.append(np.mean(np.abs(w)) / np.sqrt(np.mean(w * w)))
         np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=f"layer {layer}")
+
+
+def test_hub_config_json(tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path) -> None:
+    """The hub's config.json says ``num_hash_layers`` and ``compress_ratios`` (one entry per layer,
+    plus the MTP layer's) where transformers writes ``mlp_layer_types`` and ``layer_types``: the same
+    MoE layers, tables re-routed in the hash layers, and the pruned model verifies."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny("deepseek_v4"), src)
+    config = json.loads((src / "config.json").read_text())
+    for key in ("mlp_layer_types", "layer_types", "compress_rates", "rope_parameters", "partial_rotary_factor"):
+        del config[key]
+    config |= {"num_hash_layers": 2, "compress_ratios": [0, 4, 128, 0], "qk_rope_head_dim": 8}
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    r = cli("prune", str(src), "--criterion", "aimer", "--ratio", "0.25", "-o", str(out))
+    assert r.code == 0, r
+    plan = json.loads((out / "moeprune_plan.json").read_text())["layers"]
+    assert sorted(plan) == ["0", "1", "2"]
+    a, b = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
+    for i in (0, 1):
+        name = f"layers.{i}.ffn.gate.tid2eid"
+        assert torch.equal(b[name], expected_table(a[name], plan[str(i)]["kept"], 8))
+    assert "layers.2.ffn.gate.tid2eid" not in a and b["layers.2.ffn.gate.bias"].shape == (6,)
+    written = json.loads((out / "config.json").read_text())
+    assert written == config | {"n_routed_experts": 6}
+    assert cli("verify", str(src), str(out)).code == 0
