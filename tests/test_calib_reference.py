@@ -135,6 +135,9 @@ def expert_output(family: str, mod: Any, j: int, x: torch.Tensor) -> torch.Tenso
         gate, up = (x @ w_gu).chunk(2, dim=-1)
         return (mod.act_fn(gate) * up) @ w_down
     gate, up = (x @ w_gu.T).chunk(2, dim=-1)  # (2I, H): first I rows gate, next I up
+    if hasattr(mod, "swiglu_limit") and not hasattr(mod, "act_fn"):  # GLM-5-Next: clamped SwiGLU (_apply_gate)
+        gate, up = gate.clamp(max=mod.swiglu_limit), up.clamp(min=-mod.swiglu_limit, max=mod.swiglu_limit)
+        return (F.silu(gate) * up) @ w_down.T
     f = (mod.act_fn(gate) * up) @ w_down.T  # (H, I)
     if getattr(mod, "has_post_expert_norm", False):  # Muse Spark: x (1 + w), then RMS-normalised, per expert
         f = f * (1.0 + mod.post_expert_norm.weight.detach().double())
