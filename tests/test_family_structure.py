@@ -338,3 +338,57 @@ def test_malformed_inputs_fail_with_one_line(
     ]
     for path, needle in cases:
         one_line_error(cli("prune", str(path), "--ratio", "0.25", "-o", str(tmp_path / f"{path.name}-out")), needle)
+
+
+def test_nemotron_mtp_moe_layer_is_pruned_like_the_trunk(
+    tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Nemotron-3 Super ships next-token-prediction layers ``mtp.layers.{k}`` (vLLM's nemotron_h_mtp:
+    pattern ``mtp_hybrid_override_pattern`` "*E", an attention layer then a MoE layer) that transformers
+    ignores: the MoE one is pruned with the trunk's count (numbered after the decoder layers) and scored
+    from its own weights."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny("nemotron_h"), src)
+    tensors = load_file(src / "model.safetensors")
+    trunk, mtp = "backbone.layers.3.mixer.", "mtp.layers.1.mixer."
+    gen = torch.Generator().manual_seed(7)
+    added = {}
+    for name, t in tensors.items():
+        if name.startswith(trunk):
+            new = mtp + name[len(trunk) :]
+            j = int(new.split("experts.")[1].split(".")[0]) if ".experts." in new else 0
+            added[new] = (t * (1.0 + j) + 0.01 * torch.randn(t.shape, generator=gen)).contiguous()  # magnitude ~ j
+    added["mtp.layers.0.eh_proj.weight"] = torch.randn(64, 128, generator=gen)
+    save_file({**tensors, **added}, src / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["num_nextn_predict_layers"] = 1
+    (src / "config.json").write_text(json.dumps(config))
+    assert _moe_layers(src) == [1, 3, 5]  # 4 decoder layers, then MTP layer 1
+
+    assert cli("score", str(src), "--criterion", "magnitude", "-o", str(tmp_path / "s.json")).code == 0
+    scores = json.loads((tmp_path / "s.json").read_text())["layers"]["5"]
+    want = [
+        np.mean(
+            np.abs(
+                np.concatenate(
+                    [added[f"{mtp}experts.{j}.{p}.weight"].double().numpy().ravel() for p in ("up_proj", "down_proj")]
+                )
+            )
+        )
+        for j in range(8)
+    ]
+    np.testing.assert_allclose(scores, want, rtol=1e-9)
+    out = tmp_path / "out"
+    assert cli("prune", str(src), "--criterion", "magnitude", "--prune", "2", "-o", str(out)).code == 0
+    plan = json.loads((out / "moeprune_plan.json").read_text())["layers"]
+    assert plan["5"]["pruned"] == [0, 1]
+    b = load_file(out / "model.safetensors")
+    for rel in ("gate.weight", "gate.e_score_correction_bias"):
+        assert torch.equal(b[mtp + rel], added[mtp + rel][plan["5"]["kept"]])
+    for k, j in enumerate(plan["5"]["kept"]):
+        for p in ("up_proj", "down_proj"):
+            assert torch.equal(b[f"{mtp}experts.{k}.{p}.weight"], added[f"{mtp}experts.{j}.{p}.weight"])
+    assert not any(n.startswith(f"{mtp}experts.6.") for n in b)
+    assert torch.equal(b["mtp.layers.0.eh_proj.weight"], added["mtp.layers.0.eh_proj.weight"])
+    r = cli("verify", str(src), str(out))  # transformers ignores mtp.*; the trunk must match
+    assert r.code == 0 and r.out.startswith("OK:"), r

@@ -1462,6 +1462,7 @@ _ENTRIES = [
         moe_layers=nemotron_layers,
         layers="backbone.layers",
         block="mixer",
+        mtp="mtp.layers",  # Nemotron-3 Super: mtp.layers.{k} after mtp_hybrid_override_pattern ("*E")
         sliced=(("gate.e_score_correction_bias", 0),),
         groups=v3_groups,
         mem_router="mixer.gate",
