@@ -126,6 +126,9 @@ def test_bad_tables_are_refused() -> None:
         reroute(torch.tensor([[-1, 2]]), KEPT, 8)
     with pytest.raises(InputError, match="2-D integer"):
         reroute(torch.tensor([[0.0, 1.0]]), KEPT, 8)
+    for kept in ([], [2, 1], [1, 1, 2], [1, 8]):
+        with pytest.raises(InputError, match="distinct ascending"):
+            reroute(torch.tensor([[0, 1]]), kept, 8)
 
 
 # --- end to end on the tiny DeepSeek-V4 -----------------------------------------------------------------

@@ -38,8 +38,8 @@ def reroute(table: torch.Tensor, kept: list[int], n_experts: int, name: str = "t
         raise InputError(
             f"{name!r}: an expert-id table must be a 2-D integer tensor, not {table.dtype} {list(table.shape)}"
         )
-    if not kept:
-        raise InputError(f"{name!r}: no expert is kept")
+    if not kept or kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= n_experts:
+        raise InputError(f"{name!r}: the kept experts must be distinct ascending ids in 0..{n_experts - 1}")
     ids = table.to(torch.int64)  # (V, k)
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_experts):
         raise InputError(f"{name!r}: holds expert ids outside 0..{n_experts - 1}")
