@@ -135,6 +135,9 @@ def expert_output(family: str, mod: Any, j: int, x: torch.Tensor) -> torch.Tenso
         gate, up = (x @ w_gu).chunk(2, dim=-1)
         return (mod.act_fn(gate) * up) @ w_down
     gate, up = (x @ w_gu.T).chunk(2, dim=-1)  # (2I, H): first I rows gate, next I up
+    if hasattr(mod, "swiglu_alpha"):  # MiniMax-M3: GPT-OSS's clamped gate (not interleaved), (up + 1) * glu
+        gate, up = gate.clamp(max=mod.swiglu_limit), up.clamp(min=-mod.swiglu_limit, max=mod.swiglu_limit)
+        return ((up + 1.0) * (gate * torch.sigmoid(gate * mod.swiglu_alpha))) @ w_down.T
     if hasattr(mod, "swiglu_limit") and not hasattr(mod, "act_fn"):  # GLM-5-Next: clamped SwiGLU (_apply_gate)
         gate, up = gate.clamp(max=mod.swiglu_limit), up.clamp(min=-mod.swiglu_limit, max=mod.swiglu_limit)
         return (F.silu(gate) * up) @ w_down.T
@@ -165,8 +168,8 @@ def _moe_modules(model: Any, family: str) -> dict[int, Any]:
             if family in SCALED:
                 if hasattr(sub, "router") and hasattr(sub, "experts") and hasattr(sub, "shared_expert"):
                     found[i] = sub
-            elif hasattr(sub, "gate_up_proj") and hasattr(sub, "down_proj"):
-                found[i] = sub
+            elif isinstance(getattr(sub, "gate_up_proj", None), torch.nn.Parameter) and hasattr(sub, "down_proj"):
+                found[i] = sub  # fused experts (MiniMax-M3's dense and shared MLPs have a gate_up_proj Linear)
     return found
 
 

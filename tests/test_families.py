@@ -152,6 +152,7 @@ LAYOUT: dict[str, Layout] = {
     "kimi_k25": Layout("language_model.model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "glm4v_moe": Layout("model.language_model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "glm5_next": Layout("model.language_model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
+    "minimax_m3_vl": Layout("language_model.model.layers", "block_sparse_moe", "gate.weight", {"e_score_correction_bias": 0}),
     # M2: multimodal MoEs by their text model (vision towers byte-identical)
     "ernie4_5_vl_moe": Layout("model.layers", "mlp", "gate.weight"),  # + gate.weight_1: test_multimodal_sets.py
     "aria": Layout(
@@ -198,7 +199,7 @@ DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam", "kolibri1_1"}
 DENSE_RULE |= {"inkling_mm_model", "ergo"}
 DENSE_RULE |= {"deepseek_ocr2", "unlimited_ocr", "muse_spark"}  # M2
 DENSE_RULE |= {"nemotron_h"}  # S: Mamba and attention layers (layers_block_type)
-DENSE_RULE |= {"kimi_k25", "glm4v_moe", "glm5_next"}  # M1
+DENSE_RULE |= {"kimi_k25", "glm4v_moe", "glm5_next", "minimax_m3_vl"}  # M1
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 

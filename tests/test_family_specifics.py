@@ -62,6 +62,7 @@ CALIBRATED = [
     "kimi_k25",
     "glm4v_moe",
     "glm5_next",
+    "minimax_m3_vl",
     # K: decoder layers that pass state on to later layers (calib/carry.py)
     "glm_moe_dsa",
     "kolibri1_1",

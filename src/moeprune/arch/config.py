@@ -109,6 +109,7 @@ FIELDS: dict[str, Check] = {
     "moe_layers": _list(INDEX),
     "num_dense_layers": INDEX,
     "mlp_layer_types": _list(_string),
+    "moe_layer_freq": _list(lambda v: None if v in (0, 1) else "must be 0 or 1"),  # M1: MiniMax-M3
     # R: LongCat-Flash (layer count; identity experts: router rows after the experts)
     "num_layers": COUNT,
     "zero_expert_num": INDEX,

@@ -99,6 +99,15 @@ def after_first_three(cfg: Config) -> list[int]:
     return list(range(min(3, _n_layers(cfg)), _n_layers(cfg)))
 
 
+def minimax_m3_rule(cfg: Config) -> list[int]:
+    """MiniMax-M3: ``mlp_layer_types`` "sparse", else the hub's ``moe_layer_freq`` (1 = MoE, per
+    layer), else every layer (transformers' defaults, in that order)."""
+    freq = cfg.get("moe_layer_freq")
+    if not isinstance(cfg.get("mlp_layer_types"), list) and isinstance(freq, list):
+        return [i for i, f in enumerate(freq[: _n_layers(cfg)]) if f]
+    return mlp_layer_types(all_layers)(cfg)
+
+
 # S: layer counts and MoE layers of configs without num_hidden_layers (DBRX, Nemotron-H)
 
 
@@ -1709,6 +1718,48 @@ _ENTRIES = [
         ),
         notes="GLM-5-Next: as glm_moe_dsa's routing (sigmoid + correction bias) under model.language_model.; "
         "hyper-connection streams, linear attention; vision tower kept",
+    ),
+    Family(
+        "minimax_m3_vl",
+        count_keys=("num_local_experts", "num_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=minimax_m3_rule,
+        layers="language_model.model.layers",
+        nested=True,
+        block="block_sparse_moe",
+        sliced=(("e_score_correction_bias", 0),),
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=dict(
+            architectures=["MiniMaxM3SparseForConditionalGeneration"],
+            text_config=_tiny(
+                num_local_experts=8,
+                intermediate_size=32,
+                dense_intermediate_size=96,
+                shared_intermediate_size=32,
+                moe_layer_freq=[0, 1, 1],
+                layer_types=["full_attention", "minimax_m3_sparse", "minimax_m3_sparse"],
+                bos_token_id=1,
+                eos_token_id=2,
+                rotary_dim=8,
+                routed_scaling_factor=2.0,
+                index_n_heads=2,
+                index_head_dim=16,
+                index_block_size=4,
+                index_topk_blocks=2,
+                **_E8K2,
+            ),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=8,
+                patch_size=2,
+            ),
+        ),
+        notes="MiniMax-M3 (VL): as minimax_m2 routing (sigmoid + bias on the block, renormalised, x routed_scaling_factor) "
+        "under language_model.model.; clamped SwiGLU experts; vision tower kept",
     ),
     # --- M2: multimodal MoEs (text model), group 2 ---
     Family(
