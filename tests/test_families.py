@@ -147,12 +147,16 @@ LAYOUT: dict[str, Layout] = {
         fused=("experts.mlp.w1", "experts.mlp.v1", "experts.mlp.w2"),
         row_blocks=True,
     ),
+    "jetmoe": Layout("model.layers", "", "mlp.router.layer.weight"),  # + the attention set: test_family_structure.py
     # M1: multimodal MoEs by their text model, group 1 (vision towers byte-identical)
     "qwen3_vl_moe": Layout("model.language_model.layers", "mlp", "gate.weight", fused=_FUSED),  # (E, H, 2I), (E, I, H)
     "kimi_k25": Layout("language_model.model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "glm4v_moe": Layout("model.language_model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "glm5_next": Layout("model.language_model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "minimax_m3_vl": Layout("language_model.model.layers", "block_sparse_moe", "gate.weight", {"e_score_correction_bias": 0}),
+    "step3p7": Layout(
+        "model.layers", "moe", "gate.weight", {"router_bias": 0}, fused=("gate_proj.weight", "up_proj.weight", "down_proj.weight")
+    ),
     # M2: multimodal MoEs by their text model (vision towers byte-identical)
     "ernie4_5_vl_moe": Layout("model.layers", "mlp", "gate.weight"),  # + gate.weight_1: test_multimodal_sets.py
     "aria": Layout(
@@ -189,6 +193,16 @@ LAYOUT: dict[str, Layout] = {
         fused=("up_proj", "down_proj"),
         router_axis=1,
     ),
+    "zaya": Layout(
+        "model.layers",
+        "mlp",
+        "gate.router_mlp.out_proj.weight",
+        {"gate.balancing_biases": 0},
+        fused=_FUSED,
+        extra={"gate.router_mlp.out_proj.weight": 1, "gate.balancing_biases": 1},  # the skip expert
+    ),
+    # K: Tencent Hy-V4, fused experts on disk as in memory ([E, 2I, H], [E, H, I])
+    "hy_v4": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}, _FUSED),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
@@ -199,7 +213,8 @@ DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam", "kolibri1_1"}
 DENSE_RULE |= {"inkling_mm_model", "ergo"}
 DENSE_RULE |= {"deepseek_ocr2", "unlimited_ocr", "muse_spark"}  # M2
 DENSE_RULE |= {"nemotron_h"}  # S: Mamba and attention layers (layers_block_type)
-DENSE_RULE |= {"kimi_k25", "glm4v_moe", "glm5_next", "minimax_m3_vl"}  # M1
+DENSE_RULE |= {"kimi_k25", "glm4v_moe", "glm5_next", "minimax_m3_vl", "step3p7"}  # M1
+DENSE_RULE |= {"hy_v4"}  # K: layer 0 dense (mlp_layer_types)
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
@@ -213,6 +228,7 @@ V3_GROUPED = {"deepseek_v3", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "glm4_mo
 V3_GROUPED |= {"exaone_moe", "kimi_linear", "bailing_hybrid", "sarvam_moe", "mimo_v2_flash", "axk1", "minicpm5_moe"}
 V3_GROUPED |= {"param2moe", "sarvam_mla", "axk2", "beam"}
 V3_GROUPED |= {"kimi_k25", "glm4v_moe", "glm5_next"}  # M1
+V3_GROUPED |= {"hy_v4"}  # K
 """Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""
 
 
@@ -260,10 +276,11 @@ _NORM_FALSE = {"overrides": {"norm_topk_prob": False}}
 _V2_GROUPED = {"overrides": {"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1}}
 _SHARDED = {"max_shard_size": "50KB"}
 _BF16 = {"dtype": "bfloat16"}
-EXPERT_SETS = {"ernie4_5_vl_moe"}
+EXPERT_SETS = {"ernie4_5_vl_moe", "jetmoe"}
 """Families with several expert sets per MoE layer under one config count (ERNIE-4.5-VL: text and vision
-experts, each with its own router): a layer holds S·E experts, which the checks here do not model;
-tests/test_multimodal_sets.py proves the same guarantees for them."""
+experts, each with its own router; JetMoE: MLP and attention experts): a layer holds S·E experts, which the
+checks here do not model; tests/test_multimodal_sets.py and tests/test_family_structure.py prove the same
+guarantees for them."""
 CASES = [Case(f, f, r) for f in sorted(set(FAMILIES) - EXPERT_SETS) for r in RATIOS] + [
     *(Case("qwen3_moe-norm_topk_prob_false", "qwen3_moe", r, _NORM_FALSE) for r in RATIOS),
     *(Case("deepseek_v2-group_limited_greedy", "deepseek_v2", r, _V2_GROUPED) for r in RATIOS),

@@ -63,10 +63,12 @@ CALIBRATED = [
     "glm4v_moe",
     "glm5_next",
     "minimax_m3_vl",
+    "step3p7",
     # K: decoder layers that pass state on to later layers (calib/carry.py)
     "glm_moe_dsa",
     "kolibri1_1",
     "gemma4",
+    "hy_v4",  # its experts' SwiGLU clamp reached on the tiny (swiglu_limit 0.3)
     # M2: multimodal MoEs by their text model
     "aria",
     "deepseek_ocr2",
@@ -90,6 +92,7 @@ CALIBRATED = [
 CALIBRATED_ELSEWHERE = {
     "longcat_flash": "tests/test_router_rows.py (identity-expert slots excluded from the reference)",
     "ergo": "tests/test_router_rows.py (non-gated relu² experts with a per-expert output norm)",
+    "zaya": "tests/test_router_rows.py (skip-expert slots excluded from the reference)",
     "nemotron_h": "tests/test_family_structure.py (non-gated ReLU² experts by hand; the latent variant too)",
     "dbrx": "tests/test_family_structure.py (experts as blocks of rows of w1, v1, w2, by hand)",
 }
@@ -107,7 +110,7 @@ def test_every_family_is_calibrated_or_says_why() -> None:
     missing = sorted(set(FAMILIES) - checked - set(NOT_CALIBRATED))
     assert not missing, f"check the calibration of {missing} against the reference (CALIBRATED)"
     assert not checked & set(NOT_CALIBRATED)
-    assert sorted(NOT_CALIBRATED) == []  # each said why in docs/families.md
+    assert sorted(NOT_CALIBRATED) == ["ernie4_5_vl_moe", "jetmoe"]  # each said why in docs/families.md
 
 
 @pytest.mark.parametrize("family", CALIBRATED)

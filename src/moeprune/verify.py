@@ -19,6 +19,7 @@ from typing import Any
 
 from moeprune.arch.families import family_for_config
 from moeprune.arch.layout import text_config
+from moeprune.arch.spec import Family
 from moeprune.errors import InputError
 from moeprune.hfload import quiet
 from moeprune.io.idtable import reroute_original
@@ -66,13 +67,14 @@ def masked_forward(model: Any, config: dict[str, Any], plan: PrunePlan, ids: Any
             if i >= len(layers):  # MTP layers are not loaded by transformers
                 continue
             layer = layers[i]
-            router = layer.get_submodule(family.mem_router)
-            mask = torch.zeros(router.weight.shape[0])  # rows after the E experts (router_rows) stay unmasked
-            mask[lp.pruned] = float("-inf")
-            masks[router.weight.data_ptr()] = mask
-            if family.mem_bias is not None and _has(layer, family.mem_bias):  # table-routed layers have none
-                bias = _tensor(layer, family.mem_bias)
-                bias[..., lp.pruned] = float("-inf")
+            for mem_router, mem_bias, pruned in _per_set(family, lp.pruned, plan.n_experts):
+                router = layer.get_submodule(mem_router)
+                mask = torch.zeros(router.weight.shape[0])  # rows after the E experts (router_rows) stay unmasked
+                mask[pruned] = float("-inf")
+                masks[router.weight.data_ptr()] = mask
+                if mem_bias is not None and _has(layer, mem_bias):  # table-routed layers have none
+                    bias = _tensor(layer, mem_bias)
+                    bias[..., pruned] = float("-inf")
             for _, path in family.id_tables:  # hash routing: removed slots re-routed as the surgery does
                 if _has(layer, path):
                     table = _tensor(layer, path)
@@ -90,6 +92,20 @@ def masked_forward(model: Any, config: dict[str, Any], plan: PrunePlan, ids: Any
 
     with torch.no_grad(), MaskRouters():
         return model(ids).logits
+
+
+def _per_set(family: Family, pruned: list[int], n_experts: int) -> list[tuple[str, str | None, list[int]]]:
+    """(router module, selection bias, removed experts numbered within the set) for each expert set of a
+    layer: one set, or ``Family.expert_sets`` (set s owns ids s·E .. (s+1)·E − 1 of the plan)."""
+    sets = family.expert_sets
+    if sets is None:
+        return [(family.mem_router, family.mem_bias, pruned)]
+    per = n_experts // len(sets.mem_routers)
+    biases: list[str | None] = list(sets.mem_biases) or [None] * len(sets.mem_routers)
+    return [
+        (router, bias, [j - s * per for j in pruned if s * per <= j < (s + 1) * per])
+        for s, (router, bias) in enumerate(zip(sets.mem_routers, biases, strict=True))
+    ]
 
 
 def _tensor(module: Any, path: str) -> Any:

@@ -108,6 +108,17 @@ def minimax_m3_rule(cfg: Config) -> list[int]:
     return mlp_layer_types(all_layers)(cfg)
 
 
+def step3p7_rule(cfg: Config) -> list[int]:
+    """Step-3.7: ``mlp_layer_types`` "sparse", else the hub's ``moe_layers_enum`` (MoE layer ids, a
+    comma-separated string or a list), else layers 3 and up (transformers' defaults, in that order)."""
+    enum = cfg.get("moe_layers_enum")
+    if isinstance(cfg.get("mlp_layer_types"), list) or enum is None:
+        return mlp_layer_types(lambda c: list(range(3, _n_layers(c))))(cfg)
+    items = enum.split(",") if isinstance(enum, str) else enum
+    ids = {int(i) for i in items if str(i).strip()}
+    return [i for i in range(_n_layers(cfg)) if i in ids]
+
+
 # S: layer counts and MoE layers of configs without num_hidden_layers (DBRX, Nemotron-H)
 
 
@@ -1344,6 +1355,40 @@ _ENTRIES = [
         "hyper-connections and compressor attention kept",
     ),
     # --- K: families whose decoder layers carry state between layers ---
+    Family(
+        "hy_v4",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(after_first),
+        mtp="model.mtp_layers",  # the next-n layers transformers does not load (_keys_to_ignore_on_load_unexpected)
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=_tiny(
+            architectures=["HYV4ForCausalLM"],
+            n_routed_experts=8,
+            moe_intermediate_size=24,  # 2I != H: the fused tensors' axes cannot be confused
+            n_shared_experts=1,
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=2.827,
+            norm_topk_prob=True,
+            q_lora_rank=32,
+            index_n_heads=2,
+            index_head_dim=16,
+            index_topk=8,
+            hc_mult=2,
+            swiglu_limit=0.3,  # small, so that the tiny's expert activations reach the clamp
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=1,
+            **_MLA,
+            **_E8K2,
+        ),
+        notes="Tencent Hy-V4: as DeepSeek-V3 with fused experts; clamped SwiGLU; hyper-connection streams; "
+        "a V3.2 indexer whose top-k later layers may share (carried by calibration)",
+    ),
     # --- R: routers with extra rows / transposed routers ---
     Family(
         "longcat_flash",
@@ -1460,7 +1505,33 @@ _ENTRIES = [
             global_attention_every_n_layers=2,
             **_E8K2,
         ),
-        notes="transposed router gate_kernel [H, E]; keys without model.; non-gated relu² experts with a per-expert norm",
+        notes="transposed router gate_kernel [H, E]; keys without model.; non-gated relu² experts, per-expert norm",
+    ),
+    Family(
+        "zaya",
+        count_keys=("num_experts",),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        router="gate.router_mlp.out_proj.weight",  # the last layer of an MLP router, E + 1 outputs
+        sliced=(("gate.balancing_biases", 0),),
+        router_rows=RouterRows(
+            extra=lambda cfg: 1,  # the skip expert (no computation), the router's last class
+            tensors=("gate.balancing_biases",),
+            zero_weight_slots=True,
+        ),
+        mem_router="mlp.gate.router_mlp.out_proj",
+        mem_bias="mlp.gate.balancing_biases",
+        tiny=_tiny(
+            architectures=["ZayaForCausalLM"],
+            num_hidden_layers=2,
+            moe_intermediate_size=32,
+            num_experts=8,
+            num_experts_per_tok=1,
+            router_hidden_size=16,
+            tie_word_embeddings=True,
+            initializer_range=0.5,  # a random router that spreads tokens over the experts (0.02: one expert)
+        ),
+        notes="MLP router with E + 1 outputs (the last: a skip expert, kept); balancing_biases [E + 1]; top-1",
     ),
     # --- S: row-blocked experts, coupled expert sets, non-gated experts ---
     Family(
@@ -1538,6 +1609,37 @@ _ENTRIES = [
             tie_word_embeddings=False,
         ),
         notes="2-D fused experts w1/v1/w2 [E·I, H] (blocks of rows); counts in ffn_config; n_layers",
+    ),
+    Family(
+        "jetmoe",
+        count_keys=("num_local_experts",),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,
+        block="",  # two expert sets on each decoder layer: mlp.* and self_attention.experts.*
+        router="mlp.router.layer.weight",
+        expert_sets=ExpertSets(
+            routers=("mlp.router.layer.weight", "self_attention.experts.router.layer.weight"),
+            fused=(
+                ("mlp.input_linear.weight", "mlp.output_linear.weight"),
+                ("self_attention.experts.input_linear.weight", "self_attention.experts.output_linear.weight"),
+            ),
+            mem_routers=("mlp.router.layer", "self_attention.experts.router.layer"),
+        ),
+        mem_router="mlp.router.layer",
+        mem_experts="mlp",
+        # as JetMoE-8B's config.json (num_attention_heads = num_key_value_heads × top-k, derived)
+        tiny=_tiny(
+            architectures=["JetMoeForCausalLM"],
+            num_local_experts=8,
+            num_experts_per_tok=2,
+            intermediate_size=32,
+            kv_channels=16,
+            num_key_value_heads=2,
+        ),
+        calibration_blocker="JetMoE's blocks run their experts themselves (router, then input_linear and "
+        "output_linear called with sorted token groups; the attention experts between map and reduce), "
+        "never through an experts module the routed-token observer can watch",
+        notes="MLP experts and mixture-of-attention experts, both counted by num_local_experts: two sets",
     ),
     # --- M1: multimodal MoEs (text model), group 1 ---
     Family(
@@ -1760,6 +1862,43 @@ _ENTRIES = [
         ),
         notes="MiniMax-M3 (VL): as minimax_m2 routing (sigmoid + bias on the block, renormalised, x routed_scaling_factor) "
         "under language_model.model.; clamped SwiGLU experts; vision tower kept",
+    ),
+    Family(
+        "step3p7",
+        count_keys=("moe_num_experts", "n_routed_experts", "num_local_experts"),
+        topk_keys=("moe_top_k", "num_experts_per_tok"),
+        moe_layers=step3p7_rule,
+        layers="model.layers",
+        nested=True,
+        block="moe",
+        router="gate.weight",
+        sliced=(("router_bias", 0),),
+        experts="",
+        fused=("gate_proj.weight", "up_proj.weight", "down_proj.weight"),
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=dict(
+            architectures=["Step3p7ForConditionalGeneration"],
+            text_config=_tiny(
+                moe_num_experts=8,
+                moe_top_k=2,
+                moe_intermediate_size=32,
+                share_expert_dim=32,
+                moe_layers_enum="1,2",
+                swiglu_limits=[0.0, 0.0, 7.0],
+                moe_router_scaling_factor=3.0,
+            ),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=8,
+                patch_size=2,
+            ),
+        ),
+        notes="Step-3.7: sigmoid + moe.router_bias, renormalised, x moe_router_scaling_factor; experts stacked per "
+        "layer on disk (moe.gate_proj / up_proj / down_proj.weight [E, ...]); text model under model.layers; vision kept",
     ),
     # --- M2: multimodal MoEs (text model), group 2 ---
     Family(

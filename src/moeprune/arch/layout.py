@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moeprune.arch.families import family_for_config
-from moeprune.arch.spec import Family, Groups
+from moeprune.arch.spec import ExpertSets, Family, Groups
 from moeprune.errors import InputError
 from moeprune.io.format import TensorInfo
 
@@ -37,6 +37,9 @@ class MoeLayer:
     rows: dict[str, int] = field(default_factory=dict)
     """Tensors of ``fused`` stored as blocks of rows (``Family.row_blocks``, [E·R, ...]): name -> R,
     the rows of one expert (absent: 1, the first axis is the expert)."""
+    sets: dict[str, int] = field(default_factory=dict)
+    """Tensors of ``sliced`` that belong to one expert set (``Family.expert_sets``): name -> the set,
+    or -1 for a [S, E] tensor that holds one row per set."""
     extra_rows: dict[str, int] = field(default_factory=dict)
     """Tensors of ``sliced`` with rows after the E experts (``Family.router_rows``): name -> how
     many; those rows are kept verbatim after the kept experts."""
@@ -123,6 +126,10 @@ def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeMo
     moe_ids = family.moe_layers(text)
     if not moe_ids or n_experts <= 1:
         raise InputError(f"config.json describes no routed-expert layer ({family.model_type}); nothing to prune")
+    groups = family.groups(text)
+    if family.expert_sets is not None:  # S sets of E: a layer of S·E experts in S groups (ERNIE-4.5-VL)
+        n_experts *= len(family.expert_sets.routers)
+        groups = Groups(len(family.expert_sets.routers), 1, min_per_group=1)  # a token picks within one set
 
     trunk = _by_layer(tensors, family.layers)
     router_layers = {i for i, names in trunk.items() if _block(family, family.layers, i) + family.router in names}
@@ -145,7 +152,7 @@ def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeMo
             block = _block(family, family.mtp, k)
             if block + family.router in mtp[k]:
                 layers.append(_layer(family, n_layers + k, block, mtp[k], tensors, n_experts, extra))
-    return MoeModel(family, config, n_experts, top_k, count_key, family.groups(text), layers, n_layers)
+    return MoeModel(family, config, n_experts, top_k, count_key, groups, layers, n_layers)
 
 
 def _by_layer(tensors: Mapping[str, TensorInfo], prefix: str) -> dict[int, list[str]]:
@@ -171,8 +178,12 @@ def _layer(
         raise InputError(f"layer {i}: router weight {router!r} not found in the checkpoint")
     layer = MoeLayer(i, block, router)
     axis = family.router_rows.axis
-    _check_rows(tensors[router], router, n, axis, extra)
+    sets = family.expert_sets
+    per_set = n // len(sets.routers) if sets else n
+    _check_rows(tensors[router], router, per_set, axis, extra)
     layer.sliced.append((router, axis))
+    if sets:
+        _set_tensors(layer, sets, block, tensors, per_set, axis)
     if extra:
         layer.extra_rows[router] = extra
     for rel, axis in family.sliced:
@@ -222,19 +233,55 @@ def _layer(
         odd = next((j for j, s in enumerate(suffixes) if s != suffixes[0]), None)
         if odd is not None:
             raise InputError(f"layer {i}: expert {odd} does not have the same tensors as expert 0")
-        first = [(tensors[k].dtype, tensors[k].shape) for k in sorted(layer.per_expert[0])]
-        for names in layer.per_expert.values():
+        for j, names in layer.per_expert.items():
+            ref = j // per_set * per_set  # the first expert of j's set (expert sets may differ in size)
+            first = [(tensors[k].dtype, tensors[k].shape) for k in sorted(layer.per_expert[ref])]
             pairs = zip(sorted(names), first, strict=True)
             odd_shape = next((k for k, f in pairs if (tensors[k].dtype, tensors[k].shape) != f), None)
             if odd_shape is not None:
                 t = tensors[odd_shape]
                 raise InputError(
-                    f"{odd_shape!r} has dtype {t.dtype} and shape {list(t.shape)}, unlike the same tensor of expert 0; "
-                    "the checkpoint is corrupt"
+                    f"{odd_shape!r} has dtype {t.dtype} and shape {list(t.shape)}, unlike the same tensor of expert "
+                    f"{ref}; the checkpoint is corrupt"
                 )
     elif not layer.fused:
         raise InputError(f"layer {i}: no expert tensors under {experts!r}")
     return layer
+
+
+def _set_tensors(
+    layer: MoeLayer, sets: ExpertSets, block: str, tensors: Mapping[str, TensorInfo], per_set: int, axis: int
+) -> None:
+    """The other sets' routers (E entries on ``axis`` each) and the [S, E] tensors of a layer with
+    expert sets, recorded in ``layer.sliced`` / ``layer.sets``."""
+    layer.sets[layer.router] = 0
+    for s, rel in enumerate(sets.routers[1:], start=1):
+        name = block + rel
+        if name not in tensors:
+            raise InputError(
+                f"layer {layer.index}: router weight {name!r} of expert set {s} not found in the checkpoint"
+            )
+        _check_rows(tensors[name], name, per_set, axis)
+        layer.sliced.append((name, axis))
+        layer.sets[name] = s
+    for rel in sets.stacked:
+        name = block + rel
+        if name in tensors:
+            if list(tensors[name].shape) != [len(sets.routers), per_set]:
+                raise InputError(
+                    f"{name!r} has shape {list(tensors[name].shape)}, expected [{len(sets.routers)}, {per_set}] "
+                    "(one row of experts per expert set)"
+                )
+            layer.sliced.append((name, 1))
+            layer.sets[name] = -1
+    for s, rels in enumerate(sets.fused):  # JetMoE: each set's own fused tensors, E entries on axis 0
+        for rel in rels:
+            name = block + rel
+            if name not in tensors:
+                raise InputError(f"layer {layer.index}: expert tensor {name!r} of expert set {s} not found")
+            _check_rows(tensors[name], name, per_set, 0)
+            layer.fused.append(name)
+            layer.sets[name] = s
 
 
 def _check_blocks(info: TensorInfo, name: str, n: int) -> int:

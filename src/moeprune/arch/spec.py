@@ -64,6 +64,39 @@ class RouterRows:
     contribute nothing to the layer's output."""
 
 
+@dataclass(frozen=True)
+class ExpertSets:
+    """Several routed-expert sets in one MoE block that the config counts once, each with its own
+    router (ERNIE-4.5-VL: a text set and a vision set of ``moe_num_experts`` experts each; a token
+    is routed within one set).
+
+    moeprune sees such a layer as S·E experts: set s owns ids s·E .. (s+1)·E − 1, the hub's own
+    numbering of the per-expert keys ``experts.{j}``. The S sets are S groups: every plan removes the
+    same number from each set, ranked within the set (`plan.select`), and each set keeps at least
+    top-k. The kept experts are renumbered 0..S·K − 1 in order, so output set s owns s·K ..
+    (s+1)·K − 1 (again the hub's numbering), and the config's count becomes K. Set s's router
+    (``routers[s]``, expert axis ``Family.router_rows.axis``) keeps set s's kept experts; a
+    ``stacked`` tensor [S, E] keeps, in row s, set s's. `verify` masks each set's router with the
+    set's removed experts."""
+
+    routers: tuple[str, ...]
+    """Router weight of each set, relative to the block; the first is ``Family.router``."""
+    stacked: tuple[str, ...] = ()
+    """Tensors [S, E] relative to the block, row s for set s (ERNIE-4.5-VL's selection biases
+    ``moe_statics.e_score_correction_bias``)."""
+    mem_routers: tuple[str, ...] = ()
+    """Each set's router module, relative to a decoder layer of the loaded model."""
+    mem_biases: tuple[str, ...] = ()
+    """Each set's selection-bias tensor in the loaded model (empty: none), set to -inf for its
+    removed experts."""
+    fused: tuple[tuple[str, ...], ...] = ()
+    """Each set's fused expert tensors relative to the block (first axis = the set's E experts), for
+    sets that are not per-expert keys: JetMoE's MLP experts (``mlp.input_linear.weight``,
+    ``mlp.output_linear.weight``) and its attention experts (``self_attention.experts.*``, the
+    mixture-of-attention heads: a query and an output projection per expert, with a router of
+    their own). Empty: the sets are the per-expert keys."""
+
+
 def hidden_layers(cfg: Config) -> Any:
     """The decoder-layer count of most configs: ``num_hidden_layers`` (None when absent)."""
     return cfg.get("num_hidden_layers")
@@ -111,6 +144,9 @@ class Family:
     or ``experts.<name>`` (fused tensors whose first axis is the expert)."""
     fused: tuple[str, ...] = ()
     """Fused expert tensors (first axis = expert) that do not live under ``experts``."""
+    expert_sets: ExpertSets | None = None
+    """Several expert sets per MoE block under one config count (ERNIE-4.5-VL's text and vision
+    experts); None: one set."""
     shared: tuple[str, ...] = ()
     """Tensors under ``experts`` (relative to the block) that every expert shares, with no expert
     axis (Muse Spark's ``experts.post_expert_norm.weight``): copied whole, never sliced."""

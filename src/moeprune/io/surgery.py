@@ -48,6 +48,9 @@ class SlicedTensor:
     extra: int = 0
     rows: int = 1
     """Rows of one expert's entry along axis 0 (``Family.row_blocks``: [E·R, ...] tensors)."""
+    part: int | None = None
+    """The expert set this tensor belongs to (``Family.expert_sets``: a set's router), -1 for a
+    [S, E] tensor with one row per set; None without expert sets."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,9 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callabl
             for name in names:
                 roles[name] = ExpertTensor(layer, j)
         for name in layer.fused:
-            roles[name] = SlicedTensor(layer, 0, rows=layer.rows.get(name, 1))
+            roles[name] = SlicedTensor(layer, 0, rows=layer.rows.get(name, 1), part=layer.sets.get(name))
         for name, axis in layer.sliced:
-            roles[name] = SlicedTensor(layer, axis, layer.extra_rows.get(name, 0))
+            roles[name] = SlicedTensor(layer, axis, layer.extra_rows.get(name, 0), part=layer.sets.get(name))
         for name in layer.id_tables:
             roles[name] = IdTable(layer)
 
@@ -86,6 +89,8 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callabl
             )
         elif isinstance(role, IdTable):
             out.append(_id_table(ckpt, name, info, model.n_experts, partial(kept, role.layer.index), role.layer.index))
+        elif isinstance(role, SlicedTensor) and role.part is not None:
+            out.append(_set_sliced(ckpt, model, name, info, role, n_kept, partial(kept, role.layer.index)))
         elif isinstance(role, SlicedTensor) and role.rows > 1:
             out.append(_row_blocks(name, info, role.rows, n_kept, partial(kept, role.layer.index), role.layer.index))
         elif isinstance(role, SlicedTensor):
@@ -93,13 +98,16 @@ def output_tensors(ckpt: Checkpoint, model: MoeModel, n_kept: int, kept: Callabl
             out.append(_sliced(ckpt, name, info, role.axis, n_kept + role.extra, rows, role.layer.index))
         elif role.expert < n_kept:  # this tensor's place holds output expert `role.expert`
             source = partial(_expert_source, ckpt, model, role.layer, name, role.expert, kept)
+            like = (
+                _set_template(ckpt, model, role.layer, name, role.expert, n_kept) if model.family.expert_sets else info
+            )
             out.append(
                 OutTensor(
                     name,
-                    info.dtype,
-                    info.shape,
+                    like.dtype,
+                    like.shape,
                     make=source,
-                    nbytes=info.nbytes,
+                    nbytes=like.nbytes,
                     layer=role.layer.index,
                     origin=info.start,
                 )
@@ -121,6 +129,49 @@ def _id_table(
         return t.view(torch.uint8).numpy().tobytes()
 
     return OutTensor(name, info.dtype, info.shape, make=make, nbytes=info.nbytes, layer=layer)
+
+
+def _set_template(ckpt: Checkpoint, model: MoeModel, layer: MoeLayer, name: str, new: int, n_kept: int) -> TensorInfo:
+    """With expert sets, output expert ``new`` belongs to set s = new // K and has that set's shapes
+    (ERNIE-4.5-VL's vision experts are narrower): the same tensor of input expert s·E + new − s·K,
+    which is in set s whatever the plan."""
+    assert model.family.expert_sets is not None
+    n_sets = len(model.family.expert_sets.routers)
+    k, per = n_kept // n_sets, model.n_experts // n_sets
+    s = new // k
+    return ckpt.info(renumber(name, new, s * per + new - s * k, model, layer))
+
+
+def _set_sliced(
+    ckpt: Checkpoint,
+    model: MoeModel,
+    name: str,
+    info: TensorInfo,
+    role: SlicedTensor,
+    n_kept: int,
+    kept: Callable[[], list[int]],
+) -> OutTensor:
+    """A tensor of one expert set (``role.part``: its router keeps the set's kept experts, numbered
+    within the set), or a [S, E] tensor (part -1) whose row s keeps set s's."""
+    assert model.family.expert_sets is not None
+    n_sets = len(model.family.expert_sets.routers)
+    per, k = model.n_experts // n_sets, n_kept // n_sets
+    shape = list(info.shape)
+    shape[role.axis] = k
+
+    def make() -> bytes:
+        import torch
+
+        t = ckpt.read(name)
+        ids = torch.tensor(kept())  # (S·K,) ascending: set s's kept experts are ids[s·K : (s+1)·K]
+        if role.part is not None and role.part >= 0:
+            t = t.index_select(role.axis, ids[role.part * k : (role.part + 1) * k] - role.part * per)
+        else:  # [S, E] flattened is ids s·E + j, in order
+            t = t.reshape(-1).index_select(0, ids).reshape(shape)
+        return t.contiguous().view(torch.uint8).numpy().tobytes()
+
+    nbytes = info.nbytes // info.shape[role.axis] * k
+    return OutTensor(name, info.dtype, tuple(shape), make=make, nbytes=nbytes, layer=role.layer.index)
 
 
 def _expert_source(
@@ -204,9 +255,10 @@ def pruned_config(model: MoeModel, plan: PrunePlan) -> dict[str, Any]:
     quantization module lists with removed experts dropped and kept ones renumbered."""
     config = copy.deepcopy(model.config)
     counts = counts_config(text_config(config, model.family), model.family)  # DBRX: ffn_config
+    sets = model.family.expert_sets  # ERNIE-4.5-VL: the config counts each of its S sets
     for key in model.family.count_keys:
         if counts.get(key) is not None:
-            counts[key] = plan.n_kept
+            counts[key] = plan.n_kept // len(sets.routers) if sets else plan.n_kept
     quant = config.get("quantization_config")
     if isinstance(quant, dict):
         for key in QUANT_MODULE_LISTS:
