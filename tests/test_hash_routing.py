@@ -204,10 +204,23 @@ def _fp4_checkpoint(src: Path, dst: Path) -> dict[str, torch.Tensor]:
         else:
             tensors[name] = t
     save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    plain = {n[: -len(".weight")] for n in tensors if n.endswith(".weight") and ".experts." not in n}
+    config = json.loads((dst / "config.json").read_text())
+    config["expert_dtype"] = "fp4"  # top level, as the hub writes it (transformers moves it into quantization_config)
+    config["quantization_config"] = {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "scale_fmt": "ue8m0",
+        "activation_scheme": "dynamic",
+        "weight_block_size": [128, 128],
+        # the hub's attention and shared experts are FP8; the tiny's are float32: not converted
+        "modules_to_not_convert": ["head", "embed", *sorted(plain)],
+    }
+    (dst / "config.json").write_text(json.dumps(config))
     return tensors
 
 
-def test_fp4_experts_are_pruned_with_their_scales(
+def test_fp4_experts_are_pruned_with_their_scales_and_verify(
     tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
 ) -> None:
     tensors = _fp4_checkpoint(tiny("deepseek_v4"), tmp_path / "src")
@@ -224,6 +237,8 @@ def test_fp4_experts_are_pruned_with_their_scales(
                     b = pruned[f"layers.{layer}.ffn.experts.{k}.{part}.{suffix}"]
                     assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
         assert f"layers.{layer}.ffn.experts.{len(lp['kept'])}.w1.scale" not in pruned
+    r = cli("verify", str(tmp_path / "src"), str(out))  # transformers dequantizes the FP4 experts on CPU
+    assert r.code == 0, r
 
 
 @pytest.mark.xfail(
