@@ -153,9 +153,15 @@ LAYOUT: dict[str, Layout] = {
     "kimi_k25": Layout("language_model.model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "glm4v_moe": Layout("model.language_model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
     "glm5_next": Layout("model.language_model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}),
-    "minimax_m3_vl": Layout("language_model.model.layers", "block_sparse_moe", "gate.weight", {"e_score_correction_bias": 0}),
+    "minimax_m3_vl": Layout(
+        "language_model.model.layers", "block_sparse_moe", "gate.weight", {"e_score_correction_bias": 0}
+    ),
     "step3p7": Layout(
-        "model.layers", "moe", "gate.weight", {"router_bias": 0}, fused=("gate_proj.weight", "up_proj.weight", "down_proj.weight")
+        "model.layers",
+        "moe",
+        "gate.weight",
+        {"router_bias": 0},
+        fused=("gate_proj.weight", "up_proj.weight", "down_proj.weight"),
     ),
     # M2: multimodal MoEs by their text model (vision towers byte-identical)
     "ernie4_5_vl_moe": Layout("model.layers", "mlp", "gate.weight"),  # + gate.weight_1: test_multimodal_sets.py

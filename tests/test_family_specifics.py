@@ -222,6 +222,47 @@ def test_fp8_experts_keep_their_scales_and_verify(
     assert r.code == 0, r
 
 
+def test_hy_v4_mtp_layer_keeps_its_fused_experts_consistent(
+    tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Hy-V4 stores its next-n layers as ``model.mtp_layers.{k}`` (transformers skips them on load):
+    their fused experts are scored from their own weights (as layer num_hidden_layers + k) and sliced
+    with the trunk's count, so the pruned checkpoint's expert count holds everywhere."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny("hy_v4"), src)
+    tensors = load_file(src / "model.safetensors")
+    scale = torch.arange(1, 9, dtype=torch.float32)  # expert j's weights x (j + 1): magnitude grows with j
+    added = {}
+    for name in [n for n in tensors if n.startswith("model.layers.2.mlp.")]:
+        t = tensors[name].clone()
+        if ".experts." in name:
+            t = t * scale.view(-1, *[1] * (t.dim() - 1))
+        added[name.replace("model.layers.2.", "model.mtp_layers.0.")] = t
+    save_file(tensors | added, src / "model.safetensors", metadata={"format": "pt"})
+    mtp = "model.mtp_layers.0.mlp."
+
+    assert cli("score", str(src), "--criterion", "magnitude", "-o", str(tmp_path / "s.json")).code == 0
+    got = json.loads((tmp_path / "s.json").read_text())["layers"]["3"]
+    gate_up, down = added[mtp + "experts.gate_up_proj"], added[mtp + "experts.down_proj"]
+    want = [
+        np.abs(np.concatenate([gate_up[j].double().numpy().ravel(), down[j].double().numpy().ravel()])).mean()
+        for j in range(8)
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+    out = tmp_path / "out"
+    assert cli("prune", str(src), "--criterion", "magnitude", "--prune", "2", "-o", str(out)).code == 0
+    plan = json.loads((out / "moeprune_plan.json").read_text())["layers"]
+    assert plan["3"]["pruned"] == [0, 1]
+    pruned = load_file(out / "model.safetensors")
+    kept = plan["3"]["kept"]
+    for name in ("experts.gate_up_proj", "experts.down_proj", "gate.weight", "gate.e_score_correction_bias"):
+        assert torch.equal(pruned[mtp + name], added[mtp + name][kept]), name
+    assert torch.equal(pruned[mtp + "shared_experts.up_proj.weight"], added[mtp + "shared_experts.up_proj.weight"])
+    r = cli("verify", str(src), str(out))  # transformers ignores the MTP layer; the trunk must match
+    assert r.code == 0, r
+
+
 # --- hub configs without the lists transformers writes ----------------------------------------------
 
 

@@ -3,7 +3,8 @@
 LongCat-Flash's router has ``n_routed_experts + zero_expert_num`` rows, the trailing ones being
 zero-computation (identity) experts, and its selection bias has the same rows; Inkling's router has
 ``n_routed_experts + n_shared_experts`` rows, the trailing ones weighting the shared experts (sink
-rows), beside a selection bias of E entries. These tests prove, on the tiny checkpoints in the hub's
+rows), beside a selection bias of E entries; ZAYA's MLP router has E + 1 outputs, the last a skip
+expert (no computation), as have its balancing biases. These tests prove, on the tiny checkpoints in the hub's
 key layout, what a user relies on beyond tests/test_families.py:
 
 - the trailing rows are kept verbatim and in place, after the kept experts' rows, in the router and
@@ -33,14 +34,16 @@ from moeprune.arch import FAMILIES
 from moeprune.arch.spec import RouterRows
 from test_calib_reference import ATOL, RTOL, expert_output, token_batch
 
-ROUTER_ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    # family: (block of layer {L}, tensors with extra rows (relative to the block), config key of the extra count)
+ROUTER_ROWS: dict[str, tuple[str, tuple[str, ...], str | int]] = {
+    # family: (block of layer {L}, tensors with extra rows (relative to the block), config key of their count,
+    # or the count)
     "longcat_flash": (
         "model.layers.{L}.mlp.",
         ("router.classifier.weight", "router.e_score_correction_bias"),
         "zero_expert_num",
     ),
     "inkling_mm_model": ("model.llm.layers.{L}.mlp.", ("gate.weight",), "n_shared_experts"),  # sink rows
+    "zaya": ("model.layers.{L}.mlp.", ("gate.router_mlp.out_proj.weight", "gate.balancing_biases"), 1),  # skip expert
 }
 """The families with router rows that are not experts, as the architecture reference describes them."""
 
@@ -57,6 +60,10 @@ def test_every_router_rows_family_is_covered() -> None:
 
 def _text(config: dict[str, Any]) -> dict[str, Any]:
     return config["text_config"] if isinstance(config.get("text_config"), dict) else config
+
+
+def _n_experts(config: dict[str, Any]) -> int:
+    return int(config.get("n_routed_experts") or config["num_experts"])
 
 
 def _prune(cli: Callable[..., Any], src: Path, out: Path, *args: str) -> dict[str, Any]:
@@ -79,8 +86,8 @@ def test_extra_rows_are_kept_verbatim_after_the_kept_experts(
     block, names, key = ROUTER_ROWS[family]
     src = tiny(family)
     config = _text(json.loads((src / "config.json").read_text()))
-    n, extra = int(config["n_routed_experts"]), int(config[key])
-    assert extra >= 2, "the tiny should have several extra rows"
+    n, extra = _n_experts(config), key if isinstance(key, int) else int(config[key])
+    assert extra >= (1 if isinstance(key, int) else 2), "the tiny should have several extra rows"
     plan = _prune(cli, src, tmp_path / "out")
     a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     for layer, lp in plan.items():
@@ -92,7 +99,7 @@ def test_extra_rows_are_kept_verbatim_after_the_kept_experts(
             assert torch.equal(b[name][: len(kept)], a[name][kept]), name  # the kept experts, renumbered
             assert torch.equal(b[name][len(kept) :], a[name][n:]), name  # the extra rows, verbatim, last
     out_config = _text(json.loads((tmp_path / "out" / "config.json").read_text()))
-    assert out_config[key] == extra and out_config["n_routed_experts"] == n // 2
+    assert _n_experts(out_config) == n // 2 and (isinstance(key, int) or out_config[key] == extra)
     assert cli("verify", str(src), str(tmp_path / "out")).code == 0
 
 
@@ -101,7 +108,7 @@ def test_a_plan_or_scores_naming_an_extra_row_is_refused(
     family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
 ) -> None:
     src = tiny(family)
-    n = int(_text(json.loads((src / "config.json").read_text()))["n_routed_experts"])
+    n = _n_experts(_text(json.loads((src / "config.json").read_text())))
     out = tmp_path / "out"
     _prune(cli, src, out)
     plan_file = out / "moeprune_plan.json"
@@ -133,7 +140,7 @@ def test_a_plan_or_scores_naming_an_extra_row_is_refused(
     )
 
 
-@pytest.mark.parametrize("family", sorted(ROUTER_ROWS))
+@pytest.mark.parametrize("family", sorted(f for f, (_, _, key) in ROUTER_ROWS.items() if isinstance(key, str)))
 def test_router_rows_that_disagree_with_the_config_are_refused(
     family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -150,15 +157,37 @@ def test_router_rows_that_disagree_with_the_config_are_refused(
 # --- calibration: identity slots are not routed tokens -------------------------------------------------
 
 
-def longcat_reference(path: Path, tokens: Any) -> dict[int, torch.Tensor]:
+def _longcat_routing(router: Any, out: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """LongCat-Flash's router returns (logits, weights, indices); indices >= E are identity experts."""
+    return out[2], out[1]
+
+
+def _zaya_routing(router: Any, out: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZAYA's router parks its skip slots itself: its selection is recomputed from its logits as
+    modeling_zaya.py makes it (softmax, + balancing biases, top-k), index E being the skip expert."""
+    probs = out[0].softmax(dim=-1)
+    index = torch.topk(probs.float() + router.balancing_biases, router.top_k, dim=-1).indices
+    return index, probs.gather(1, index)
+
+
+SKIP_SLOTS: dict[str, tuple[str, Callable[[Any, Any], tuple[torch.Tensor, torch.Tensor]]]] = {
+    "longcat_flash": ("mlp.router", _longcat_routing),
+    "zaya": ("mlp.gate", _zaya_routing),
+}
+"""Families whose experts module receives slots on extra router rows as weight-0 pairs parked on a
+real expert: the router module (relative to a decoder layer) and its own (index [T, k], weight [T, k])."""
+
+
+def skip_slot_reference(path: Path, family: str, tokens: Any) -> dict[int, torch.Tensor]:
     """Per MoE layer, the (E, 3, 3) float64 moments Σ g^α ‖f‖^β over the non-padding (token, slot)
     pairs that the router sent to a REAL expert (its own top-k indices < E), with f recomputed by hand
-    from the experts' weights; the identity slots (indices >= E) count nothing. Also checks that the
-    real pairs rebuild what the experts module returned and that identity slots were chosen."""
+    from the experts' weights; the slots on extra rows (indices >= E) count nothing. Also checks that
+    the experts module received those slots with weight 0, that the real pairs rebuild what it
+    returned, and that extra rows were chosen at all (else the test proves nothing)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    n = int(model.config.n_routed_experts)
+    router_path, routing = SKIP_SLOTS[family]
     seen: dict[int, dict[str, torch.Tensor]] = {}
     handles = []
     for i, layer in enumerate(model.model.layers):
@@ -166,13 +195,14 @@ def longcat_reference(path: Path, tokens: Any) -> dict[int, torch.Tensor]:
         seen[i] = store
 
         def on_router(m: Any, args: Any, out: Any, store: dict[str, torch.Tensor] = store) -> None:
-            store["weights"], store["index"] = out[1].detach().clone(), out[2].detach().clone()
+            store["index"], store["weights"] = (t.detach().clone() for t in routing(m, out))
 
         def on_experts(m: Any, args: Any, out: Any, store: dict[str, torch.Tensor] = store) -> None:
-            store["hidden"], store["actual"] = args[0].detach().clone(), out.detach().clone()
+            store["hidden"], store["got_index"], store["got_weights"] = (a.detach().clone() for a in args[:3])
+            store["actual"] = out.detach().clone()
 
         handles += [
-            layer.mlp.router.register_forward_hook(on_router),
+            layer.get_submodule(router_path).register_forward_hook(on_router),
             layer.mlp.experts.register_forward_hook(on_experts),
         ]
     with torch.no_grad():
@@ -184,38 +214,66 @@ def longcat_reference(path: Path, tokens: Any) -> dict[int, torch.Tensor]:
     moments = {}
     for i, s in seen.items():
         experts = model.model.layers[i].mlp.experts
+        n = int(experts.num_experts)
         index, weights, hidden = s["index"], s["weights"], s["hidden"]
-        assert (index >= n).any() and (index < n).any(), f"layer {i}: the tiny never chose an identity expert"
+        real = index < n
+        assert (~real).any() and real.any(), f"layer {i}: the tiny never chose an extra row"
+        assert torch.equal(s["got_index"].reshape(index.shape)[real], index[real])
+        assert torch.equal(s["got_weights"].reshape(index.shape)[~real], torch.zeros(int((~real).sum())))
         rebuilt = torch.zeros(hidden.shape, dtype=torch.float64)
         a = torch.zeros(n, 3, 3, dtype=torch.float64)
         for j in range(n):
             tok, slot = (index == j).nonzero(as_tuple=True)
             g = weights[tok, slot].double()
-            f = expert_output("longcat_flash", experts, j, hidden[tok])
+            f = expert_output(family, experts, j, hidden[tok])
             rebuilt.index_add_(0, tok, g[:, None] * f)
             keep = valid[tok]
             g, norm = g[keep], f[keep].norm(dim=-1)
             for al in range(3):
                 for be in range(3):
                     a[j, al, be] = (g**al * norm**be).sum()
-        torch.testing.assert_close(rebuilt.float(), s["actual"], rtol=1e-5, atol=1e-6, msg=f"layer {i}")
+        scale = max(1.0, float(s["actual"].abs().max()))  # ZAYA's tiny routes well-spread, large outputs
+        torch.testing.assert_close(rebuilt.float(), s["actual"], rtol=1e-5, atol=1e-6 * scale, msg=f"layer {i}")
         moments[i] = a
     return moments
 
 
-def test_longcat_calibration_counts_only_real_experts(tiny: Callable[..., Path]) -> None:
+def _with_skips(family: str, tiny: Callable[..., Path], tmp_path: Path) -> Path:
+    """The family's tiny, where ZAYA's skip expert is made as likely as the others: transformers sets
+    its balancing bias to -1 on every load (modeling_zaya.py's ``_init_weights``), so a random tiny
+    never picks it; the real experts' biases are lowered by 1 instead (and the stored skip bias made
+    the -1 transformers uses)."""
+    if family != "zaya":
+        return tiny(family)
+    src = tmp_path / "skips"
+    shutil.copytree(tiny(family), src)
+    tensors = load_file(src / "model.safetensors")
+    for name, t in tensors.items():
+        if name.endswith("mlp.gate.balancing_biases"):
+            t[:-1] -= 1.0
+            t[-1] = -1.0
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    return src
+
+
+@pytest.mark.parametrize("family", sorted(SKIP_SLOTS))
+def test_calibration_counts_only_real_experts(family: str, tiny: Callable[..., Path], tmp_path: Path) -> None:
     from moeprune.calib.engine import calibrate
 
-    path = tiny("longcat_flash")
+    path = _with_skips(family, tiny, tmp_path)
     tokens = token_batch()
-    want = longcat_reference(path, tokens)
+    want = skip_slot_reference(path, family, tokens)
     stats = calibrate(path, tokens, batch_size=2)
     assert sorted(stats.layers) == sorted(want)
-    top_k = int(json.loads((path / "config.json").read_text())["moe_topk"])
+    top_k = next(
+        int(v)
+        for k, v in json.loads((path / "config.json").read_text()).items()
+        if k in ("moe_topk", "num_experts_per_tok")
+    )
     for i, ref in want.items():
         got = stats.layer(i)
         assert torch.equal(got[:, 0, 0], ref[:, 0, 0]), f"layer {i}: N_j"
-        # fewer routed tokens than top_k per token: the identity slots are not counted
+        # fewer routed tokens than top_k per token: the slots on extra rows are not counted
         assert float(got[:, 0, 0].sum()) < top_k * int(tokens.attention_mask.sum())
         torch.testing.assert_close(got, ref, rtol=RTOL, atol=ATOL, msg=f"layer {i}")
 
@@ -223,8 +281,8 @@ def test_longcat_calibration_counts_only_real_experts(tiny: Callable[..., Path])
 def test_zero_weight_pairs_would_be_counted_without_the_entry(
     tiny: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The check above can fail: with ``zero_weight_slots`` off, the identity slots count as tokens of
-    the dummy experts they are parked on."""
+    """The check above can fail: with ``zero_weight_slots`` off, LongCat-Flash's identity slots count
+    as tokens of the real experts they are parked on."""
     import dataclasses
 
     from moeprune.arch import families
@@ -235,7 +293,7 @@ def test_zero_weight_pairs_would_be_counted_without_the_entry(
     off = dataclasses.replace(entry, router_rows=dataclasses.replace(entry.router_rows, zero_weight_slots=False))
     monkeypatch.setitem(families.FAMILIES, "longcat_flash", off)
     tokens = token_batch()
-    want = longcat_reference(path, tokens)
+    want = skip_slot_reference(path, "longcat_flash", tokens)
     stats = calibrate(path, tokens, batch_size=2)
     assert any(not torch.equal(stats.layer(i)[:, 0, 0], ref[:, 0, 0]) for i, ref in want.items())
 

@@ -1659,7 +1659,9 @@ _ENTRIES = [
                 moe_intermediate_size=24,
                 decoder_sparse_step=1,
                 mlp_only_layers=[],
-                rope_parameters=dict(rope_type="default", rope_theta=5000000.0, mrope_section=[4, 2, 2], mrope_interleaved=True),
+                rope_parameters=dict(
+                    rope_type="default", rope_theta=5000000.0, mrope_section=[4, 2, 2], mrope_interleaved=True
+                ),
                 **_E8K2,
             ),
             vision_config=dict(
@@ -1722,7 +1724,8 @@ _ENTRIES = [
             projection_hidden_size=32,
             tie_word_embeddings=False,
         ),
-        notes="Kimi-K2.5: as deepseek_v3 (sigmoid + correction bias, n_group) under language_model.model.; vision tower kept",
+        notes="Kimi-K2.5: as deepseek_v3 (sigmoid + correction bias, n_group) under language_model.model.; "
+        "vision tower kept",
     ),
     Family(
         "glm4v_moe",
@@ -1860,8 +1863,8 @@ _ENTRIES = [
                 patch_size=2,
             ),
         ),
-        notes="MiniMax-M3 (VL): as minimax_m2 routing (sigmoid + bias on the block, renormalised, x routed_scaling_factor) "
-        "under language_model.model.; clamped SwiGLU experts; vision tower kept",
+        notes="MiniMax-M3 (VL): as minimax_m2 routing (sigmoid + bias on the block, renormalised, "
+        "x routed_scaling_factor) under language_model.model.; clamped SwiGLU experts; vision tower kept",
     ),
     Family(
         "step3p7",
@@ -1885,6 +1888,8 @@ _ENTRIES = [
                 moe_intermediate_size=32,
                 share_expert_dim=32,
                 moe_layers_enum="1,2",
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                sliding_window=16,
                 swiglu_limits=[0.0, 0.0, 7.0],
                 moe_router_scaling_factor=3.0,
             ),
@@ -1897,8 +1902,8 @@ _ENTRIES = [
                 patch_size=2,
             ),
         ),
-        notes="Step-3.7: sigmoid + moe.router_bias, renormalised, x moe_router_scaling_factor; experts stacked per "
-        "layer on disk (moe.gate_proj / up_proj / down_proj.weight [E, ...]); text model under model.layers; vision kept",
+        notes="Step-3.7: sigmoid + moe.router_bias, renormalised, x moe_router_scaling_factor; experts stacked "
+        "per layer on disk (moe.gate_proj / up_proj / down_proj.weight [E, ...]); text under model.layers; vision kept",
     ),
     # --- M2: multimodal MoEs (text model), group 2 ---
     Family(
@@ -1936,6 +1941,54 @@ _ENTRIES = [
         ),
         notes="ERNIE-4.5-VL: a text and a vision expert set per layer (experts.{0..E-1} and {E..2E-1}), each with "
         "its own transposed router; pruned by the same count, ranked per set",
+    ),
+    Family(
+        "hy_v4_vl",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(after_first),
+        nested=True,  # the text model stays under model.layers on disk (model.language_model.layers in memory)
+        mtp="model.mtp_layers",  # as hy_v4, should a VL checkpoint ship its next-n layers
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=dict(
+            architectures=["HYV4VLForConditionalGeneration"],
+            text_config=_tiny(  # as hy_v4's tiny, with the VL model's 3-D rope sections
+                n_routed_experts=8,
+                moe_intermediate_size=24,
+                n_shared_experts=1,
+                n_group=1,
+                topk_group=1,
+                routed_scaling_factor=2.827,
+                norm_topk_prob=True,
+                q_lora_rank=32,
+                index_n_heads=2,
+                index_head_dim=16,
+                index_topk=8,
+                hc_mult=2,
+                swiglu_limit=0.3,
+                pad_token_id=0,
+                bos_token_id=2,
+                eos_token_id=1,
+                rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1]),
+                **_MLA,
+                **_E8K2,
+            ),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                out_hidden_size=64,
+                patch_size=2,
+                spatial_merge_size=1,
+                max_image_size=16,
+            ),
+        ),
+        notes="Tencent Hy-V4-VL: the hy_v4 text model (sigmoid + correction bias, fused clamped SwiGLU experts, "
+        "hyper-connections, V3.2 indexer) under model.layers; vision tower (vit.*) kept",
     ),
     Family(
         "aria",

@@ -46,10 +46,10 @@ class RouterRows:
 
     The router weight (and the ``sliced`` tensors named in ``tensors``) may carry ``extra(config)``
     rows after the E routed experts: LongCat-Flash's zero-computation (identity) experts, Inkling's
-    shared-expert sink rows. They are no routed expert: never scored, never removed, kept verbatim
+    shared-expert sink rows, ZAYA's skip expert. They are no routed expert: never scored, never removed, kept verbatim
     after the kept experts (the layout check expects E + extra rows, the surgery keeps rows
     ``kept + [E, E + extra)``, verify leaves their logits unmasked, and a plan cannot name them).
-    ``axis`` is the router weight's expert axis on disk (1 when it is stored [H, E])."""
+    ``axis`` is the router weight's expert axis on disk (1 when it is stored [H, E]: Ergo)."""
 
     extra: Callable[[Config], int] = field(default=lambda cfg: 0)
     """Rows after the E routed experts, from the config."""
@@ -60,7 +60,7 @@ class RouterRows:
     """The router weight's expert axis on disk."""
     zero_weight_slots: bool = False
     """The experts module receives a token's slots on extra rows as weight-0 pairs on a real expert
-    (LongCat-Flash's identity experts): calibration does not count pairs whose weight is 0, which
+    (LongCat-Flash's identity experts, ZAYA's skip expert): calibration does not count pairs whose weight is 0, which
     contribute nothing to the layer's output."""
 
 
