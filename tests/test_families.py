@@ -169,6 +169,7 @@ LAYOUT: dict[str, Layout] = {
         "language_model.model.layers", "mlp", "router.weight", fused=("experts.fc1.weight", "experts.fc2.weight")
     ),
     "deepseek_ocr2": Layout("model.layers", "mlp", "gate.weight"),
+    "hy_v4_vl": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}, _FUSED),
     "unlimited_ocr": Layout("model.layers", "mlp", "gate.weight"),
     "muse_spark": Layout(
         "model.language_model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}, _FUSED
@@ -217,7 +218,7 @@ DENSE_RULE |= {"deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "exaone_
 DENSE_RULE |= {"bailing_hybrid", "laguna", "sarvam_moe", "mimo_v2_flash", "hy_v3", "axk1", "minicpm5_moe"}
 DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam", "kolibri1_1"}
 DENSE_RULE |= {"inkling_mm_model", "ergo"}
-DENSE_RULE |= {"deepseek_ocr2", "unlimited_ocr", "muse_spark"}  # M2
+DENSE_RULE |= {"deepseek_ocr2", "unlimited_ocr", "muse_spark", "hy_v4_vl"}  # M2
 DENSE_RULE |= {"nemotron_h"}  # S: Mamba and attention layers (layers_block_type)
 DENSE_RULE |= {"kimi_k25", "glm4v_moe", "glm5_next", "minimax_m3_vl", "step3p7"}  # M1
 DENSE_RULE |= {"hy_v4"}  # K: layer 0 dense (mlp_layer_types)
@@ -235,6 +236,7 @@ V3_GROUPED |= {"exaone_moe", "kimi_linear", "bailing_hybrid", "sarvam_moe", "mim
 V3_GROUPED |= {"param2moe", "sarvam_mla", "axk2", "beam"}
 V3_GROUPED |= {"kimi_k25", "glm4v_moe", "glm5_next"}  # M1
 V3_GROUPED |= {"hy_v4"}  # K
+V3_GROUPED |= {"hy_v4_vl"}  # M2
 """Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""
 
 

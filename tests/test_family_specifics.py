@@ -74,6 +74,7 @@ CALIBRATED = [
     "deepseek_ocr2",
     "unlimited_ocr",
     "muse_spark",
+    "hy_v4_vl",
     # H: hash-routed (the hash layers' routing comes from input_ids, which the engine replays per layer)
     "deepseek_v4",
     # R: routers with rows that are not experts (tests/test_router_rows.py)

@@ -1905,6 +1905,34 @@ _ENTRIES = [
         notes="Step-3.7: sigmoid + moe.router_bias, renormalised, x moe_router_scaling_factor; experts stacked "
         "per layer on disk (moe.gate_proj / up_proj / down_proj.weight [E, ...]); text under model.layers; vision kept",
     ),
+    Family(
+        "mistral4",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=first_k_dense(0),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        tiny_fused=True,
+        tiny=_tiny(
+            architectures=["Mistral4ForCausalLM"],
+            n_routed_experts=8,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=2,
+            topk_group=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=1.5,
+            q_lora_rank=32,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            **_MLA,
+            **_E8K2,
+        ),
+        notes="Mistral 4 text model: softmax scores, group-limited (top-2 sum per group), renormalised, "
+        "x routed_scaling_factor; MLA; fused experts on disk (no conversion entry)",
+    ),
     # --- M2: multimodal MoEs (text model), group 2 ---
     Family(
         "ernie4_5_vl_moe",
