@@ -76,11 +76,12 @@ class Skeleton:
         pattern = re.compile(re.escape(moe.family.layers) + r"\.(\d+)\.")
         self.keys: dict[int, list[str]] = {}
         outside = []
+        mtp = _mtp_root(moe.family.mtp, moe.family.layers)
         for name in ckpt.tensors:
             m = pattern.match(name)
             if m:
                 self.keys.setdefault(int(m.group(1)), []).append(name)
-            elif "lm_head" not in name and not (moe.family.mtp and name.startswith(moe.family.mtp.split(".")[0] + ".")):
+            elif "lm_head" not in name and not (mtp and name.startswith(mtp)):
                 outside.append(name)
         with memory.mapped_allocations():
             self.load(outside)
@@ -199,6 +200,16 @@ class Shared:
     key: str
     mapping: MutableMapping[Any, Any]
     initial: dict[Any, Any]
+
+
+def _mtp_root(mtp: str | None, layers: str) -> str | None:
+    """The prefix of every MTP tensor, which transformers does not load: the MTP prefix's first
+    component (Qwen3-Next's ``mtp.``: ``mtp.fc``, ``mtp.norm`` beside ``mtp.layers``), unless the
+    decoder layers share it (Hy-V4's ``model.mtp_layers.`` beside ``model.layers.``)."""
+    if not mtp:
+        return None
+    root = mtp.split(".")[0] + "."
+    return mtp + "." if layers.startswith(root) else root
 
 
 class _Marker:
