@@ -48,6 +48,7 @@ from moeprune.calib import engine, memory
 from moeprune.calib.data import TokenBatch, load_tokens
 from moeprune.calib.engine import calibrate
 from moeprune.calib.skeleton import Skeleton
+from moeprune.errors import InputError
 from moeprune.scoring.stats import RoutingStats
 
 N_SEQ, SEQ_LEN, VOCAB, TOP_K, N_LAYERS, BATCH = 5, 16, 128, 2, 3, 2
@@ -599,3 +600,65 @@ def test_resume_carries_the_state_a_later_layer_reads(
     spy = resumed(path, tokens, out, monkeypatch, **({"offload_dir": folder} if offload else {}))
     assert spy.loaded == [2] and spy.calls == {2: N_BATCHES}
     assert_same_run(out, want)
+
+
+def test_how_many_outputs_the_model_takes_is_read_at_the_call() -> None:
+    """The capture reads, in the caller's own code, how many values the model unpacks from a decoder
+    layer (not the layer's return annotation, which several transformers models leave stale)."""
+    from moeprune.calib import skeleton
+
+    seen: list[int] = []
+
+    class Layer(torch.nn.Module):
+        def forward(self, x: Any) -> Any:
+            seen.append(skeleton._unpacked_by_caller(sys._getframe(1), self))
+            return (x, None) if len(seen) == 1 else x
+
+    layer = Layer()
+    _hidden, _extra = layer(1)  # unpacks two values
+    _whole = layer(2)  # keeps the result whole
+    assert seen == [2, 1]
+
+    def starred() -> None:
+        _hidden, *_rest = layer(3)
+
+    with pytest.raises(InputError, match="starred"):
+        starred()
+
+
+def test_carried_state_round_trips_through_the_cache_file_and_refuses_what_it_cannot_store() -> None:
+    from moeprune.calib import carry
+    from moeprune.calib.skeleton import Carried, Shared
+
+    k, v = torch.randn(2, 1, 4, 8), torch.randn(2, 1, 4, 8)
+    state = {
+        "out1.1": torch.arange(12, dtype=torch.int32).view(1, 3, 4),
+        "out1.2": None,
+        "shared0": {"1": (k.transpose(-1, -2), v), "sliding": (k, k)},  # a view; one tensor twice
+    }
+    tensors: dict[str, torch.Tensor] = {"h": torch.zeros(1)}
+    structure = json.loads(json.dumps(carry.flatten(state, tensors)))
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"carry-{os.getpid()}.safetensors"
+    try:
+        save_file(tensors, str(path))
+        back = carry.unflatten(structure, load_file(str(path)))
+    finally:
+        path.unlink(missing_ok=True)
+    assert back["out1.2"] is None and torch.equal(back["out1.1"], state["out1.1"])
+    assert back["out1.1"].dtype == torch.int32
+    assert torch.equal(back["shared0"]["1"][0], k.transpose(-1, -2)) and torch.equal(back["shared0"]["sliding"][1], k)
+    with pytest.raises(InputError, match="cannot store"):
+        carry.flatten({"out0.1": object()}, {})
+
+    # what a layer passes on: only what later layers read; a mismatch with what the model takes is refused
+    mapping: dict[str, Any] = {}
+    layers = [{"m": Shared("shared0", mapping, {})}, {"prev": Carried(0, 1), "m": Shared("shared0", mapping, {})}, {}]
+    mapping["0"] = (k, v)
+    hidden, kept = carry.passed_on((torch.ones(1), torch.zeros(1), torch.ones(2)), 3, layers, 0, {"stale": 1})
+    assert torch.equal(hidden, torch.ones(1))
+    assert sorted(kept) == ["out0.1", "shared0"] and torch.equal(kept["out0.1"], torch.zeros(1)) and not mapping
+    assert carry.resolve(layers[1], kept, 1)["m"] is mapping and torch.equal(mapping["0"][0], k)
+    with pytest.raises(InputError, match="returned 2 values where the model's forward takes 3"):
+        carry.passed_on((torch.ones(1), torch.zeros(1)), 3, layers, 0, {})
+    with pytest.raises(InputError, match="an output of layer 0"):
+        carry.resolve(layers[1], {}, 1)
