@@ -135,6 +135,11 @@ def expert_output(family: str, mod: Any, j: int, x: torch.Tensor) -> torch.Tenso
         gate, up = (x @ w_gu).chunk(2, dim=-1)
         return (mod.act_fn(gate) * up) @ w_down
     gate, up = (x @ w_gu.T).chunk(2, dim=-1)  # (2I, H): first I rows gate, next I up
+    if hasattr(mod, "limit_after_act"):  # Step-3.7: act(gate) and up clamped to the layer's limit (0 or None: none)
+        gate = mod.act_fn(gate)
+        if mod.limit is not None:
+            gate, up = gate.clamp(max=mod.limit), up.clamp(min=-mod.limit, max=mod.limit)
+        return (gate * up) @ w_down.T
     if hasattr(mod, "swiglu_alpha"):  # MiniMax-M3: GPT-OSS's clamped gate (not interleaved), (up + 1) * glu
         gate, up = gate.clamp(max=mod.swiglu_limit), up.clamp(min=-mod.swiglu_limit, max=mod.swiglu_limit)
         return ((up + 1.0) * (gate * torch.sigmoid(gate * mod.swiglu_alpha))) @ w_down.T

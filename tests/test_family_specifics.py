@@ -64,6 +64,7 @@ CALIBRATED = [
     "glm5_next",
     "minimax_m3_vl",
     "step3p7",
+    "mistral4",
     # K: decoder layers that pass state on to later layers (calib/carry.py)
     "glm_moe_dsa",
     "kolibri1_1",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -147,3 +148,42 @@ def test_tiny_checkpoints_in_the_hubs_layout(tiny: Callable[..., Path]) -> None:
     assert "language_model.model.layers.1.mlp.experts.0.gate_proj.weight" in got
     assert "language_model.lm_head.weight" in got
     assert not any(".blocks." in k for k in got if k.startswith("language_model."))
+
+
+def test_moe_layer_rules_read_the_hub_keys() -> None:
+    """Hub configs name MoE layers their own way; transformers' config classes turn them into
+    mlp_layer_types, which saved configs carry instead."""
+    from moeprune.arch.families import FAMILIES
+
+    step = FAMILIES["step3p7"].moe_layers
+    assert step({"num_hidden_layers": 6, "moe_layers_enum": "3,4,5"}) == [3, 4, 5]
+    assert step({"num_hidden_layers": 6, "moe_layers_enum": [1, 5]}) == [1, 5]
+    assert step({"num_hidden_layers": 6}) == [3, 4, 5]  # transformers' default
+    saved = {"num_hidden_layers": 3, "mlp_layer_types": ["sparse", "dense", "sparse"], "moe_layers_enum": "1"}
+    assert step(saved) == [0, 2]
+    minimax = FAMILIES["minimax_m3_vl"].moe_layers
+    assert minimax({"num_hidden_layers": 4, "moe_layer_freq": [0, 1, 0, 1]}) == [1, 3]
+    assert minimax({"num_hidden_layers": 2}) == [0, 1]
+    glm5 = FAMILIES["glm5_next"].moe_layers
+    assert glm5({"num_hidden_layers": 5}) == [3, 4]  # transformers: the first three dense, whatever else says
+
+
+def test_step3p7_hub_config_keys(tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path) -> None:
+    """A Step-3.7 config.json in the hub's words (moe_num_experts, moe_top_k, moe_layers_enum): pruned
+    under its own count key, and transformers reads the result."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny("step3p7"), src)
+    config = json.loads((src / "config.json").read_text())
+    text = config["text_config"]
+    types = text.pop("mlp_layer_types")
+    text["moe_layers_enum"] = ",".join(str(i) for i, t in enumerate(types) if t == "sparse")
+    text["moe_num_experts"], text["moe_top_k"] = text.pop("n_routed_experts"), text.pop("num_experts_per_tok")
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert cli("prune", str(src), "--ratio", "0.25", "-o", str(out)).code == 0
+    pruned = json.loads((out / "config.json").read_text())["text_config"]
+    assert pruned["moe_num_experts"] == text["moe_num_experts"] - 2 and "n_routed_experts" not in pruned
+    result = cli("verify", str(src), str(out))
+    assert result.code == 0, result

@@ -110,6 +110,9 @@ FIELDS: dict[str, Check] = {
     "num_dense_layers": INDEX,
     "mlp_layer_types": _list(_string),
     "moe_layer_freq": _list(lambda v: None if v in (0, 1) else "must be 0 or 1"),  # M1: MiniMax-M3
+    "moe_layers_enum": lambda v: (  # M1: Step-3.7, MoE layer ids as "3,4,5" or a list
+        _pattern("0123456789, ")(v) if isinstance(v, str) else _list(INDEX)(v)
+    ),
     # R: LongCat-Flash (layer count; identity experts: router rows after the experts)
     "num_layers": COUNT,
     "zero_expert_num": INDEX,
