@@ -103,6 +103,20 @@ def test_extra_rows_are_kept_verbatim_after_the_kept_experts(
     assert cli("verify", str(src), str(tmp_path / "out")).code == 0
 
 
+def test_longcat_router_bias_keeps_its_extra_rows(
+    tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """LongCat-Flash configs may set ``router_bias``: the classifier's bias [E + Z] is sliced like its weight."""
+    src = tiny("longcat_flash", overrides={"router_bias": True})
+    plan = _prune(cli, src, tmp_path / "out")
+    a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    for layer, lp in plan.items():
+        name = f"model.layers.{layer}.mlp.router.classifier.bias"
+        assert a[name].shape == (12,)
+        assert torch.equal(b[name], torch.cat([a[name][lp["kept"]], a[name][8:]]))
+    assert cli("verify", str(src), str(tmp_path / "out")).code == 0
+
+
 @pytest.mark.parametrize("family", sorted(ROUTER_ROWS))
 def test_a_plan_or_scores_naming_an_extra_row_is_refused(
     family: str, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
