@@ -164,6 +164,7 @@ LAYOUT: dict[str, Layout] = {
         fused=("gate_proj.weight", "up_proj.weight", "down_proj.weight"),
     ),
     "mistral4": Layout("model.layers", "mlp", "gate.weight", fused=_FUSED),
+    "mistral_large4": Layout("layers", "", "gate.weight"),  # Mistral's names: layers.{L}.experts.{j}.w1/w2/w3
     # M2: multimodal MoEs by their text model (vision towers byte-identical)
     "ernie4_5_vl_moe": Layout("model.layers", "mlp", "gate.weight"),  # + gate.weight_1: test_multimodal_sets.py
     "aria": Layout(
@@ -221,7 +222,7 @@ DENSE_RULE |= {"param2moe", "sarvam_mla", "axk2", "flint", "beam", "kolibri1_1"}
 DENSE_RULE |= {"inkling_mm_model", "ergo"}
 DENSE_RULE |= {"deepseek_ocr2", "unlimited_ocr", "muse_spark", "hy_v4_vl"}  # M2
 DENSE_RULE |= {"nemotron_h"}  # S: Mamba and attention layers (layers_block_type)
-DENSE_RULE |= {"kimi_k25", "glm4v_moe", "glm5_next", "minimax_m3_vl", "step3p7", "mistral4"}  # M1
+DENSE_RULE |= {"kimi_k25", "glm4v_moe", "glm5_next", "minimax_m3_vl", "step3p7", "mistral4", "mistral_large4"}  # M1
 DENSE_RULE |= {"hy_v4"}  # K: layer 0 dense (mlp_layer_types)
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
@@ -235,7 +236,7 @@ ATOL = 1e-5
 V3_GROUPED = {"deepseek_v3", "glm4_moe", "deepseek_v32", "glm_moe_dsa", "glm4_moe_lite", "dots1", "solar_open"}
 V3_GROUPED |= {"exaone_moe", "kimi_linear", "bailing_hybrid", "sarvam_moe", "mimo_v2_flash", "axk1", "minicpm5_moe"}
 V3_GROUPED |= {"param2moe", "sarvam_mla", "axk2", "beam"}
-V3_GROUPED |= {"kimi_k25", "glm4v_moe", "glm5_next", "mistral4"}  # M1
+V3_GROUPED |= {"kimi_k25", "glm4v_moe", "glm5_next", "mistral4", "mistral_large4"}  # M1
 V3_GROUPED |= {"hy_v4"}  # K
 V3_GROUPED |= {"hy_v4_vl"}  # M2
 """Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""

@@ -65,6 +65,7 @@ CALIBRATED = [
     "minimax_m3_vl",
     "step3p7",
     "mistral4",
+    "mistral_large4",
     # K: decoder layers that pass state on to later layers (calib/carry.py)
     "glm_moe_dsa",
     "kolibri1_1",
