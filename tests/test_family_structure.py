@@ -392,3 +392,120 @@ def test_nemotron_mtp_moe_layer_is_pruned_like_the_trunk(
     assert torch.equal(b["mtp.layers.0.eh_proj.weight"], added["mtp.layers.0.eh_proj.weight"])
     r = cli("verify", str(src), str(out))  # transformers ignores mtp.*; the trunk must match
     assert r.code == 0 and r.out.startswith("OK:"), r
+
+
+# --- JetMoE: two expert sets (MLP experts, attention experts) under one count ----------------------
+
+JET_SETS = {  # set -> (router, fused expert tensors), relative to model.layers.{L}. (modeling_jetmoe.py)
+    0: ("mlp.router.layer.weight", ("mlp.input_linear.weight", "mlp.output_linear.weight")),
+    1: (
+        "self_attention.experts.router.layer.weight",
+        ("self_attention.experts.input_linear.weight", "self_attention.experts.output_linear.weight"),
+    ),
+}
+"""JetMoE's MoE layer has E MLP experts (JetMoeMoE) and E attention experts (JetMoeMoA: a query and an
+output projection each, K/V shared), each set with its own top-k router, both built from
+``num_local_experts``: moeprune numbers them 0..E-1 and E..2E-1 and removes the same number from each."""
+
+
+def _jet_masked_logits(model: Any, pruned: dict[int, list[int]], n: int, ids: torch.Tensor) -> torch.Tensor:
+    """Logits with each layer's removed experts (plan ids, set s = id // n) at -inf in their set's router."""
+    from torch.overrides import TorchFunctionMode
+
+    masks = {}
+    for i, layer in enumerate(model.model.layers):
+        for s, router in ((0, layer.mlp.router.layer), (1, layer.self_attention.experts.router.layer)):
+            mask = torch.zeros(n)
+            mask[[j - s * n for j in pruned[i] if j // n == s]] = float("-inf")
+            masks[router.weight.data_ptr()] = mask
+
+    class Mask(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            if func is F.linear and (mask := masks.get(args[1].data_ptr())) is not None:
+                out = out + mask
+            return out
+
+    with torch.no_grad(), Mask():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_jetmoe_prunes_both_sets_and_equals_the_masked_original(
+    ratio: float, tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    src = tiny("jetmoe")
+    a = load_file(src / "model.safetensors")
+    config = json.loads((src / "config.json").read_text())
+    n, layers = config["num_local_experts"], config["num_hidden_layers"]
+    per_set = int(ratio * n)  # --ratio is over the 2E experts of a layer: the same share of each set
+
+    # AIMER of every expert from the file, by hand: each set pools its own two matrices
+    aimer: dict[int, list[float]] = {}
+    for i in range(layers):
+        aimer[i] = []
+        for _, fused in JET_SETS.values():
+            for j in range(n):
+                w = np.concatenate([a[f"model.layers.{i}.{rel}"][j].double().numpy().ravel() for rel in fused])
+                aimer[i].append(np.mean(np.abs(w)) / np.sqrt(np.mean(w * w)))
+    assert cli("score", str(src), "--criterion", "aimer", "-o", str(tmp_path / "s.json")).code == 0
+    got = json.loads((tmp_path / "s.json").read_text())["layers"]
+    assert sorted(got, key=int) == [str(i) for i in range(layers)]
+    for i in range(layers):
+        np.testing.assert_allclose(got[str(i)], aimer[i], rtol=1e-9, atol=0, err_msg=f"layer {i}")
+
+    out = tmp_path / "out"
+    assert cli("prune", str(src), "--ratio", str(ratio), "-o", str(out)).code == 0
+    plan = json.loads((out / "moeprune_plan.json").read_text())["layers"]
+    b = load_file(out / "model.safetensors")
+    expected: dict[str, torch.Tensor] = {}
+    for i in range(layers):
+        lp = plan[str(i)]
+        assert sorted(lp["kept"] + lp["pruned"]) == list(range(2 * n))
+        for s in JET_SETS:  # each set loses its per_set highest-AIMER experts (ties: lower id)
+            ids = list(range(s * n, (s + 1) * n))
+            want = sorted(sorted(ids, key=lambda j: (-aimer[i][j], j))[:per_set])
+            assert [j for j in lp["pruned"] if j // n == s] == want, f"layer {i}, set {s}"
+            kept = torch.tensor([j - s * n for j in lp["kept"] if j // n == s])
+            router, fused = JET_SETS[s]
+            for rel in (router, *fused):
+                name = f"model.layers.{i}.{rel}"
+                expected[name] = a[name].index_select(0, kept)
+    for name, t in a.items():
+        expected.setdefault(name, t)
+    assert sorted(b) == sorted(expected)
+    for name, t in expected.items():
+        assert b[name].shape == t.shape and torch.equal(b[name], t), name
+    assert json.loads((out / "config.json").read_text()) == {**config, "num_local_experts": n - per_set}
+
+    original = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert model.model.layers[0].self_attention.experts.input_linear.weight.shape[0] == n - per_set
+    ids = torch.randint(0, config["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        unmasked, got_logits = original(ids).logits, model(ids).logits
+    reference = _jet_masked_logits(original, {i: plan[str(i)]["pruned"] for i in range(layers)}, n, ids)
+    torch.testing.assert_close(got_logits, reference, atol=1e-5, rtol=0)
+    assert float((got_logits - unmasked).abs().max()) > 1e-3, "pruning barely changed the logits"
+    r = cli("verify", str(src), str(out))
+    assert r.code == 0 and r.out.startswith("OK:"), r
+
+
+def test_jetmoe_refuses_sets_that_disagree(tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path) -> None:
+    """An attention-expert tensor with fewer experts than the MLP set, or missing: one error line."""
+    src = tiny("jetmoe")
+
+    def fewer(t: dict[str, torch.Tensor]) -> None:
+        name = "model.layers.1.self_attention.experts.output_linear.weight"
+        t[name] = t[name][:7].clone()
+
+    def missing(t: dict[str, torch.Tensor]) -> None:
+        del t["model.layers.2.self_attention.experts.input_linear.weight"]
+
+    for path, needle in (
+        (_edit(src, tmp_path / "fewer", tensors=fewer), "expected 8 experts along axis 0"),
+        (_edit(src, tmp_path / "missing", tensors=missing), "of expert set 1 not found"),
+    ):
+        one_line_error(cli("prune", str(path), "--ratio", "0.25", "-o", str(tmp_path / f"{path.name}-out")), needle)

@@ -239,8 +239,11 @@ def _pieces(ckpt: Checkpoint, model: MoeModel, layer: MoeLayer) -> list[Piece]:
     for name in layer.fused:
         if is_weight(name):
             info = ckpt.info(name)
-            per = info.nbytes // model.n_experts
-            spans += [Piece(j, info.file, info.start + j * per, per, info.dtype) for j in range(model.n_experts)]
+            s, sets = layer.sets.get(name), model.family.expert_sets  # set s's tensor: ids s·E .. (s+1)·E - 1
+            count = model.n_experts // len(sets.routers) if s is not None and sets else model.n_experts
+            first = 0 if s is None else s * count
+            per = info.nbytes // count
+            spans += [Piece(first + j, info.file, info.start + j * per, per, info.dtype) for j in range(count)]
     spans.sort(key=lambda p: (str(p.file), p.start))
     merged: list[Piece] = []
     for p in spans:
