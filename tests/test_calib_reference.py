@@ -146,6 +146,9 @@ def expert_output(family: str, mod: Any, j: int, x: torch.Tensor) -> torch.Tenso
     if hasattr(mod, "swiglu_limit") and not hasattr(mod, "act_fn"):  # GLM-5-Next: clamped SwiGLU (_apply_gate)
         gate, up = gate.clamp(max=mod.swiglu_limit), up.clamp(min=-mod.swiglu_limit, max=mod.swiglu_limit)
         return (F.silu(gate) * up) @ w_down.T
+    if hasattr(mod.act_fn, "gate_softcap"):  # Inkling2: c_g tanh(gate / c_g) sigmoid(gate) c_u tanh(up / c_u)
+        cg, cu = mod.act_fn.gate_softcap.softcap, mod.act_fn.up_softcap.softcap
+        return (cg * torch.tanh(gate / cg) * torch.sigmoid(gate) * cu * torch.tanh(up / cu)) @ w_down.T
     f = (mod.act_fn(gate) * up) @ w_down.T  # (H, I)
     if getattr(mod, "has_post_expert_norm", False):  # Muse Spark: x (1 + w), then RMS-normalised, per expert
         f = f * (1.0 + mod.post_expert_norm.weight.detach().double())

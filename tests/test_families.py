@@ -171,6 +171,12 @@ LAYOUT: dict[str, Layout] = {
         "language_model.model.layers", "mlp", "router.weight", fused=("experts.fc1.weight", "experts.fc2.weight")
     ),
     "deepseek_ocr2": Layout("model.layers", "mlp", "gate.weight"),
+    "inkling2": Layout(
+        "model.llm.layers", "mlp", "gate.weight", {"gate.bias": 0}, ("experts.w13_weight", "experts.w2_weight")
+    ),
+    "inkling2_loop": Layout(
+        "model.llm.layers", "mlp", "gate.weight", {"gate.bias": 0}, ("experts.w13_weight", "experts.w2_weight")
+    ),
     "hy_v4_vl": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}, _FUSED),
     "unlimited_ocr": Layout("model.layers", "mlp", "gate.weight"),
     "muse_spark": Layout(
