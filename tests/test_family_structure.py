@@ -1,10 +1,12 @@
 """Families whose experts are not the standard gated, expert-first tensors (issue 15, helper S):
 Nemotron-H (non-gated ReLU² experts in Mamba hybrid layers, optional latent projections, a layer
-count that is the length of a layer-type list) and DBRX (2-D fused experts stored as blocks of rows
-[E·I, H], counts inside ``ffn_config``, ``n_layers``).
+count that is the length of a layer-type list, MTP layers), DBRX (2-D fused experts stored as blocks
+of rows [E·I, H], counts inside ``ffn_config``, ``n_layers``) and JetMoE (MLP experts and attention
+experts, two sets with their own routers under one count).
 
-test_families.py runs the registry-wide matrix on them (prune 25/50 %, masked logits, tensors,
-config, AIMER by hand). This module adds what is special:
+test_families.py runs the registry-wide matrix on Nemotron-H and DBRX (prune 25/50 %, masked logits,
+tensors, config, AIMER by hand); JetMoE gets the same guarantees here, per set (its matrix rows model
+one set). This module adds what is special:
 
 - calibration equals a full-model reference: the routing each experts module really receives is
   recorded, the expert outputs are recomputed here in float64 with the family's own formula, as its
@@ -15,7 +17,11 @@ config, AIMER by hand). This module adds what is special:
   ``layers_block_type``) name the same MoE layers, prune and verify; the latent variant
   (``moe_latent_size``, Nemotron-3 Super) prunes, verifies and calibrates;
 - DBRX's pruned config changes ``ffn_config.moe_num_experts`` and nothing else; malformed inputs
-  (rows not a multiple of E, a bad pattern, a bad nested count) fail with one ``error:`` line.
+  (rows not a multiple of E, a bad pattern, a bad nested count) fail with one ``error:`` line;
+- Nemotron-3 Super's MTP layers (``mtp.layers.{k}``) are pruned with the trunk's count;
+- JetMoE: the same number removed from each set, ranked within it by AIMER computed by hand; each
+  set's router and fused tensors sliced with that set's kept experts; the pruned model equals the
+  original with each set's router masked (a mask written here, not moeprune's).
 """
 
 from __future__ import annotations
