@@ -187,3 +187,29 @@ def test_step3p7_hub_config_keys(tiny: Callable[..., Path], cli: Callable[..., A
     assert pruned["moe_num_experts"] == text["moe_num_experts"] - 2 and "n_routed_experts" not in pruned
     result = cli("verify", str(src), str(out))
     assert result.code == 0, result
+
+
+def test_lm_eval_runs_the_text_path(vl_moe: Path, tmp_path: Path) -> None:
+    """eval --tasks hands the loaded ...ForConditionalGeneration to lm-eval, which scores text only."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from helpers import save_word_tokenizer
+    from moeprune.eval.lmeval import run_tasks
+    from test_eval_lmeval import DATA, WORDS
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(vl_moe, model_dir)
+    save_word_tokenizer(model_dir, WORDS)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    yaml = (DATA / "local_mc.yaml").read_text().replace("test: local_mc.jsonl", f"test: {DATA / 'local_mc.jsonl'}")
+    (tasks / "local_mc.yaml").write_text(yaml)
+    model = load_lm(model_dir, dtype="float32")
+    ran: list[str] = []
+    model.model.visual.register_forward_pre_hook(lambda *_: ran.append("vision"))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    result = run_tasks(model, tokenizer, ["local_mc"], include_path=str(tasks), batch_size=4, limit=4)
+    assert result["local_mc"]["n"] == 4 and 0.0 <= result["local_mc"]["score"] <= 1.0
+    assert ran == []
