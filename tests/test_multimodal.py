@@ -213,3 +213,27 @@ def test_lm_eval_runs_the_text_path(vl_moe: Path, tmp_path: Path) -> None:
     result = run_tasks(model, tokenizer, ["local_mc"], include_path=str(tasks), batch_size=4, limit=4)
     assert result["local_mc"]["n"] == 4 and 0.0 <= result["local_mc"]["score"] <= 1.0
     assert ran == []
+
+
+M1 = ["qwen3_vl_moe", "kimi_k25", "glm4v_moe", "glm5_next", "minimax_m3_vl", "step3p7", "mistral4", "mistral_large4"]
+
+
+@pytest.mark.parametrize("family", M1)
+def test_decoder_layers_are_the_language_models(family: str) -> None:
+    """On the meta device (no memory): the rule builds each family, and decoder_layers finds the
+    language model's layers (as many as text_config says), not a vision tower's."""
+    import copy
+
+    from transformers import AutoConfig
+
+    from moeprune.arch.families import FAMILIES
+
+    entry = FAMILIES[family]
+    config = AutoConfig.for_model(entry.model_type, **copy.deepcopy(dict(entry.tiny)))
+    with torch.device("meta"):
+        model = from_config(config)
+    layers = decoder_layers(model)
+    name = next(n for n, m in model.named_modules() if m is layers)
+    assert not any(part in name for part in ("vision", "visual", "vit")), name
+    assert len(layers) == config.get_text_config().num_hidden_layers
+    assert all(hasattr(layer, "mlp") for layer in layers)
