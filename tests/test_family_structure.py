@@ -252,6 +252,8 @@ def test_dbrx_aimer_and_surgery_on_blocks_of_rows(
     src = tiny("dbrx")
     a = load_file(src / "model.safetensors")
     n, inter = 8, 32
+    r = cli("inspect", str(src))
+    assert r.code == 0 and "8 per MoE layer (config key ffn_config.moe_num_experts)" in r.out, r
     assert a["transformer.blocks.0.ffn.experts.mlp.w2"].shape == (n * inter, 64)
     assert cli("score", str(src), "--criterion", "aimer", "-o", str(tmp_path / "s.json")).code == 0
     got = json.loads((tmp_path / "s.json").read_text())["layers"]

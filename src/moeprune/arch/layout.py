@@ -118,6 +118,7 @@ def describe(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> MoeMo
     text = text_config(config, family)
     counts = counts_config(text, family)
     count_key, n_experts = first_key(counts, family.count_keys, "routed expert count")
+    count_key = f"{family.counts_in}.{count_key}" if family.counts_in else count_key  # as inspect shows it
     _, top_k = first_key(counts, family.topk_keys, "top-k")
     n_layers = family.n_layers(text)
     if n_layers is None:
