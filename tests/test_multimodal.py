@@ -113,14 +113,14 @@ def test_meta_build_for_calibration(vl_moe: Path) -> None:
 
 
 def test_neither_class_is_one_error(tmp_path: Path) -> None:
-    # transformers knows qwen3_omni_moe's config (no custom code), but maps it to no causal-LM and no
-    # image-text-to-text class: its thinker is only built inside Qwen3OmniMoeForConditionalGeneration
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_omni_moe"}))
+    # transformers knows switch_transformers' config (no custom code), but builds it as an
+    # encoder-decoder only: no causal-LM, image-text-to-text or multimodal-LM class
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "switch_transformers"}))
     for load in (lambda: causal_lm(tmp_path), lambda: load_lm(tmp_path, dtype="float32")):
         with pytest.raises(InputError) as e:
             load()
         assert "\n" not in str(e.value)
-        assert "no causal-LM or image-text-to-text class for model_type 'qwen3_omni_moe'" in str(e.value)
+        assert "no causal-LM or image-text-to-text class for model_type 'switch_transformers'" in str(e.value)
 
 
 def test_tiny_checkpoints_in_the_hubs_layout(tiny: Callable[..., Path]) -> None:
