@@ -12,12 +12,13 @@ memory goes back to the OS before the next one loads.
 from __future__ import annotations
 
 import dis
+import functools
 import inspect
 import re
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import torch
@@ -275,7 +276,7 @@ def _unpacked_by_caller(frame: FrameType | None, layer: torch.nn.Module) -> int:
         frame = frame.f_back
     if frame is None:
         return 1
-    after = next((ins for ins in dis.get_instructions(frame.f_code) if ins.offset > frame.f_lasti), None)
+    after = _after(frame.f_code, frame.f_lasti)
     if after is None:
         return 1
     if after.opname == "UNPACK_SEQUENCE":
@@ -285,3 +286,9 @@ def _unpacked_by_caller(frame: FrameType | None, layer: torch.nn.Module) -> int:
             "the model unpacks a decoder layer's outputs with a starred target, which this version cannot replay"
         )
     return 1
+
+
+@functools.lru_cache(maxsize=256)
+def _after(code: CodeType, offset: int) -> dis.Instruction | None:
+    """The instruction after the one at ``offset`` (a call, with its inline caches) in ``code``."""
+    return next((ins for ins in dis.get_instructions(code) if ins.offset > offset), None)
