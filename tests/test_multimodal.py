@@ -237,3 +237,73 @@ def test_decoder_layers_are_the_language_models(family: str) -> None:
     assert not any(part in name for part in ("vision", "visual", "vit")), name
     assert len(layers) == config.get_text_config().num_hidden_layers
     assert all(hasattr(layer, "mlp") for layer in layers)
+
+
+def _int4_experts(folder: Path) -> None:
+    """Kimi-K2.5's hub layout of INT4 compressed-tensors experts (pack-quantized, group 32):
+    every expert matrix W [out, in] becomes ``weight_packed`` int32 [out, in / 8] (eight 4-bit
+    codes a word), ``weight_scale`` bf16 [out, in / 32] and ``weight_shape`` int32 [2]."""
+    from safetensors.torch import load_file, save_file
+
+    shard = folder / "model.safetensors"
+    tensors = load_file(shard)
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if ".mlp.experts." in name and name.endswith(".weight"):
+            base = name.removesuffix("weight")
+            rows, cols = t.shape
+            out[base + "weight_packed"] = torch.randint(
+                -(2**31), 2**31 - 1, (rows, cols // 8), generator=gen, dtype=torch.int32
+            )
+            out[base + "weight_scale"] = torch.rand(rows, cols // 32, generator=gen).to(torch.bfloat16)
+            out[base + "weight_shape"] = torch.tensor([rows, cols], dtype=torch.int32)
+        else:
+            out[name] = t
+    save_file(out, shard, metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "config_groups": {
+            "group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "group_size": 32}}
+        },
+        "ignore": ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*", "re:.*vision_tower.*"],
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_kimi_k25_int4_experts_prune_by_a_calibrated_or_random_criterion(
+    tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The hub's INT4 Kimi-K2.5: pruning renumbers each kept expert's packed codes, scales and shape
+    byte for byte; the weight criteria refuse the packed codes in one line (they would need int4 group
+    dequantisation)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny("kimi_k25"), src)
+    _int4_experts(src)
+    result = cli("prune", str(src), "--ratio", "0.5", "-o", str(tmp_path / "aimer"))
+    assert result.code == 2 and result.err.count("\n") == 1 and "cannot score I32 expert weights" in result.err
+    out = tmp_path / "out"
+    assert cli("prune", str(src), "--ratio", "0.5", "--criterion", "random", "-o", str(out)).code == 0
+    plan = json.loads((out / "moeprune_plan.json").read_text())
+    before, after = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
+    layers = plan["layers"]
+    assert layers
+    for layer, entry in layers.items():
+        prefix = f"language_model.model.layers.{layer}.mlp.experts."
+        kept = entry["kept"]
+        assert len(kept) == 4
+        for new, old in enumerate(kept):
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                for part in ("weight_packed", "weight_scale", "weight_shape"):
+                    got, want = after[f"{prefix}{new}.{proj}.{part}"], before[f"{prefix}{old}.{proj}.{part}"]
+                    assert got.dtype == want.dtype and torch.equal(got, want)
+        assert not any(k.startswith(f"{prefix}4.") for k in after)
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["n_routed_experts"] == 4
+    assert config["quantization_config"] == json.loads((src / "config.json").read_text())["quantization_config"]
