@@ -73,21 +73,33 @@ def auto_class(model_type: str, where: Path | str = "") -> Any:
     ``AutoModelForCausalLM`` where transformers maps the type to a causal-LM class, else
     ``AutoModelForImageTextToText`` (a multimodal model whose text model only exists inside its
     ``...ForConditionalGeneration``); `InputError` when transformers maps it to neither."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMultimodalLM
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES,
     )
 
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return AutoModelForCausalLM
     if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         return AutoModelForImageTextToText
+    if model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES and language_model(model_type):
+        return AutoModelForMultimodalLM  # Qwen3-Omni's thinker-talker class; its `language_model` runs
     prefix = f"{where}: " if where else ""
     raise InputError(
         f"{prefix}transformers has no causal-LM or image-text-to-text class for model_type {model_type!r}, "
         "so moeprune cannot run it as a language model"
     )
+
+
+def language_model(model_type: str) -> str:
+    """The registry's ``Family.language_model`` for ``model_type``: the submodule of the model
+    transformers builds that is the language model ("" for the model itself, or an unknown type)."""
+    from moeprune.arch.families import FAMILIES
+
+    family = FAMILIES.get(model_type)
+    return family.language_model if family is not None else ""
 
 
 def causal_lm(path: Path, **kwargs: Any) -> Any:
@@ -107,7 +119,8 @@ def causal_lm(path: Path, **kwargs: Any) -> Any:
             f"weight(s) of the model it builds, e.g. {missing[0]} (the checkpoint does not hold them under "
             "the names it expects); they would be random"
         )
-    return model
+    sub = language_model(cfg.model_type)  # Qwen3-Omni: its thinker (the talker is loaded, never run)
+    return model.get_submodule(sub) if sub else model
 
 
 def from_config(cfg: Any, **kwargs: Any) -> Any:

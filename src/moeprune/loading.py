@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.arch.config import load_config
-from moeprune.arch.layout import MoeModel, describe
+from moeprune.arch.families import FAMILIES
+from moeprune.arch.layout import MoeModel, describe, text_config
 from moeprune.errors import InputError
 from moeprune.hfload import tokenizer as hf_tokenizer
 from moeprune.io.reader import Checkpoint
@@ -55,6 +56,9 @@ def text_limits(path: Path) -> tuple[int | None, int | None]:
     ``text_config`` when the top level does not have them."""
     config = load_config(path)
     text = config.get("text_config") or {}
+    family = FAMILIES.get(config.get("model_type"))  # type: ignore[arg-type]
+    if family is not None and family.nested:  # Qwen3-Omni: thinker_config.text_config
+        text = text_config(config, family)
     found: list[int | None] = []
     for key in ("vocab_size", "max_position_embeddings"):
         value = config.get(key)

@@ -47,7 +47,8 @@ def make_tiny(
     # transformers' own class (no remote code), on a copy: config classes may edit nested dicts in place
     config = AutoConfig.for_model(entry.model_type, **copy.deepcopy(kwargs))
     torch.manual_seed(seed)
-    auto = AutoModelForImageTextToText if entry.nested else auto_class(entry.model_type)
+    # a wrapper whose language model is a submodule (Qwen3-Omni's thinker-talker): its own auto class
+    auto = AutoModelForImageTextToText if entry.nested and not entry.language_model else auto_class(entry.model_type)
     with quiet():
         model = auto.from_config(config, trust_remote_code=False)
     gen = torch.Generator().manual_seed(seed)

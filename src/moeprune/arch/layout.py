@@ -77,9 +77,11 @@ class MoeModel:
 
 def text_config(config: dict[str, Any], family: Family) -> dict[str, Any]:
     if family.nested:
-        text = config.get("text_config")
+        text: Any = config
+        for key in family.text_in:  # text_config; Qwen3-Omni: thinker_config.text_config
+            text = text.get(key) if isinstance(text, dict) else None
         if not isinstance(text, dict):
-            raise InputError(f"config.json of a {family.model_type} model has no text_config")
+            raise InputError(f"config.json of a {family.model_type} model has no {'.'.join(family.text_in)}")
         return text
     return config  # type: ignore[return-value]
 

@@ -163,6 +163,13 @@ class Family:
     """Prefix of multi-token-prediction layers stored outside the decoder (``mtp.layers``); their
     experts are pruned with the trunk's count and numbered after the decoder layers."""
     nested: bool = False
+    text_in: tuple[str, ...] = ("text_config",)
+    """Where the text model's config sits in config.json when ``nested``: the path of keys
+    (Qwen3-Omni: ``thinker_config``, ``text_config``)."""
+    language_model: str = ""
+    """The submodule of the model transformers builds that is the language model moeprune runs
+    (verify, eval: its ``input_ids`` -> logits), "" for the model itself (Qwen3-Omni: ``thinker``,
+    inside a thinker-talker class that has no forward of its own)."""
     """The language-model keys live in ``text_config``."""
     groups: Callable[[Config], Groups | None] = field(default=lambda cfg: None)
     """Group-limited routing settings, or None for a flat router."""
