@@ -188,7 +188,13 @@ def build_reference(path: Path, family: str, tokens: Any) -> Reference:
     # multimodal models without a causal-LM class (Qwen3-VL-MoE): their ...ForConditionalGeneration
     causal = AutoConfig.from_pretrained(path).model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     auto = AutoModelForCausalLM if causal else AutoModelForImageTextToText
+    if FAMILIES[family].language_model:  # Qwen3-Omni: a thinker-talker class; its thinker is the language model
+        from transformers import AutoModelForMultimodalLM
+
+        auto = AutoModelForMultimodalLM
     model = auto.from_pretrained(path, dtype=torch.float32).eval()
+    if FAMILIES[family].language_model:
+        model = model.get_submodule(FAMILIES[family].language_model)
     mods = _moe_modules(model, family)
     assert mods, f"{family}: no MoE layer found"
     captured: dict[int, dict[str, torch.Tensor]] = {i: {} for i in mods}

@@ -2221,8 +2221,6 @@ _ENTRIES = [
         text_in=("thinker_config", "text_config"),
         language_model="thinker",
         mem_router="mlp.gate",
-        calibration_blocker="its language model is the thinker inside a thinker-talker class, and the "
-        "layer-by-layer engine builds and runs the top-level model's decoder",
         tiny=dict(
             architectures=["Qwen3OmniMoeForConditionalGeneration"],
             thinker_config=dict(

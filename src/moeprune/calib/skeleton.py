@@ -69,8 +69,12 @@ class Skeleton:
             self.model = from_config(config, dtype=dtype)  # the multimodal ones: their ...ForConditionalGeneration
         self.model.eval()
         self.mapping = get_model_conversion_mapping(self.model)
+        sub = moe.family.language_model  # Qwen3-Omni: the thinker runs; the talker stays on meta, never loaded
+        self.lm = self.model.get_submodule(sub) if sub else self.model
+        """The language model that runs (the model itself, or its ``Family.language_model`` submodule)."""
+        root = f"{sub}." if sub else ""  # the checkpoint names of what runs
 
-        self.layers = decoder_layers(self.model)
+        self.layers = decoder_layers(self.lm)
         self.arity: dict[int, int] = {}
         """Per decoder layer, how many values the model takes from its output (1: the hidden states
         alone); learnt by `capture`."""
@@ -82,7 +86,7 @@ class Skeleton:
             m = pattern.match(name)
             if m:
                 self.keys.setdefault(int(m.group(1)), []).append(name)
-            elif "lm_head" not in name and not (mtp and name.startswith(mtp)):
+            elif "lm_head" not in name and not (mtp and name.startswith(mtp)) and name.startswith(root):
                 outside.append(name)
         with memory.mapped_allocations():
             self.load(outside)
@@ -126,7 +130,7 @@ class Skeleton:
 
     def free_embeddings(self) -> None:
         """Drop the input embeddings once every batch's first-layer input is captured."""
-        self.model.get_input_embeddings().to("meta")
+        self.lm.get_input_embeddings().to("meta")
         memory.release_freed_memory()
 
     def capture(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
@@ -165,9 +169,7 @@ class Skeleton:
             layer.forward = stub(i, layer, signature)
         try:
             with torch.no_grad():
-                self.model.base_model(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
-                )
+                self.lm.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
         except _Stop:
             pass
         except TypeError as e:  # the model used a placeholder of an earlier layer's output as a value
