@@ -21,6 +21,9 @@ Proved for both ratios (test_families.py's guarantees, which do not model two se
   (text experts ids 0..E-1, vision experts E..2E-1), and the plan removes each set's share by them;
 - a count that cannot be split evenly, a missing vision router, a bias of the wrong shape, and
   calibration (text data never reaches the vision set) are refused with one error line.
+
+Also here, for another multimodal family of this group: Inkling 2's MXFP8 experts (hub layout) are
+refused by weight criteria in one line and pruned from calibration statistics with their scales.
 """
 
 from __future__ import annotations
@@ -309,3 +312,37 @@ def test_hub_config_without_mlp_layer_types(tiny: Callable[..., Path], tmp_path:
     ckpt = Checkpoint.open(hub)
     assert [lay.index for lay in describe(ckpt.config, ckpt.tensors).layers] == [1, 2]
     assert read_tensors(hub)  # the folder is still a whole checkpoint
+
+
+def test_inkling2_mxfp8_experts_pruned_from_statistics_with_their_scales(
+    tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Hub Inkling 2 checkpoints store MXFP8 experts: ``experts.w13_weight`` / ``w2_weight`` in float8 with
+    ``*_scale`` (one power-of-two exponent per 32 values, expert first). Weight criteria refuse them in one
+    line (they know DeepSeek's block-scaled FP8 only); a plan from calibration statistics prunes them, each
+    scale tensor indexed with its experts, and the result verifies."""
+    src = tmp_path / "src"
+
+    def mxfp8(t: dict[str, torch.Tensor]) -> None:
+        for name in [n for n in t if n.endswith(("experts.w13_weight", "experts.w2_weight"))]:
+            w = t[name]
+            t[name] = w.to(torch.float8_e4m3fn)
+            exponents = torch.randint(126, 129, (*w.shape[:-1], w.shape[-1] // 32), generator=torch.Generator())
+            t[name + "_scale"] = exponents.to(torch.uint8)
+
+    _edited(tiny("inkling2"), src, mxfp8)
+    scored = cli("score", str(src), "--criterion", "aimer", "-o", str(tmp_path / "s.json"))
+    assert scored.code == 2 and scored.err.count("\n") == 1 and "FP8" in scored.err, scored
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.random.default_rng(0).integers(0, 128, (4, 32)).astype(np.int64))
+    assert cli("calibrate", str(src), "--data", str(tokens), "-o", str(tmp_path / "stats")).code == 0
+    out = tmp_path / "out"
+    args = ("--stats", str(tmp_path / "stats"), "--criterion", "frequency", "--ratio", "0.5", "-o", str(out))
+    assert cli("prune", str(src), *args).code == 0
+    plan = json.loads((out / "moeprune_plan.json").read_text())["layers"]
+    a, b = read_tensors(src), read_tensors(out)
+    for layer, lp in plan.items():
+        for name in ("w13_weight", "w13_weight_scale", "w2_weight", "w2_weight_scale"):
+            key = f"model.llm.layers.{layer}.mlp.experts.{name}"
+            assert_same_bytes(b[key], a[key][lp["kept"]], key)
+    assert cli("verify", str(src), str(out)).code == 0
