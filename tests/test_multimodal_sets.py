@@ -16,7 +16,8 @@ Proved for both ratios (test_families.py's guarantees, which do not model two se
   byte-identical; config.json changes only in ``moe_num_experts`` (K);
 - the pruned model equals the original cut down by hand in memory (each set's kept router rows,
   biases and expert weights), on text tokens AND on tokens routed to the vision set
-  (``moe_mm_token_type_ids``), and ``moeprune verify`` (which masks each set's router logits) passes;
+  (``moe_mm_token_type_ids``), and ``moeprune verify`` (which masks each set's router logits and runs
+  its tokens spread over both sets too) passes, and catches a wrong router in either set;
 - AIMER and magnitude equal a float64 hand computation from the parameters transformers loads
   (text experts ids 0..E-1, vision experts E..2E-1), and the plan removes each set's share by them;
 - a count that cannot be split evenly, a missing vision router, a bias of the wrong shape, and
@@ -346,3 +347,21 @@ def test_inkling2_mxfp8_experts_pruned_from_statistics_with_their_scales(
             key = f"model.llm.layers.{layer}.mlp.experts.{name}"
             assert_same_bytes(b[key], a[key][lp["kept"]], key)
     assert cli("verify", str(src), str(out)).code == 0
+
+
+def test_verify_proves_the_vision_set_too(pruned: Callable[[float], Pruned], cli: Callable[..., Any]) -> None:
+    """``moeprune verify`` runs its tokens a second time spread over the two sets
+    (``moe_mm_token_type_ids``): a wrong vision router, which text tokens never reach, is caught."""
+    r = pruned(0.25)
+    ok = cli("verify", str(r.src), str(r.out))
+    assert ok.code == 0 and "over 128 tokens" in ok.out + ok.err, ok  # 2 x 32 tokens, twice
+    for rel in ROUTERS:
+        bad = r.out.parent / f"bad-{rel}"
+        shutil.copytree(r.out, bad)
+        tensors = load_file(bad / "model.safetensors")
+        name = f"model.layers.1.mlp.{rel}"
+        tensors[name] = tensors[name][:, [1, 0, *range(2, tensors[name].shape[1])]].contiguous()  # two experts swapped
+        save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+        caught = cli("verify", str(r.src), str(bad))
+        assert caught.code != 0 and "MISMATCH" in caught.err, (rel, caught)
+        shutil.rmtree(bad)

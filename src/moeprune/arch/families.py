@@ -2038,6 +2038,7 @@ _ENTRIES = [
                 "mlp.text_moe.gate.moe_statics.e_score_correction_bias",
                 "mlp.vision_moe.gate.moe_statics.e_score_correction_bias",
             ),
+            select="moe_mm_token_type_ids",  # 1: the token goes to the vision set
         ),
         mem_router="mlp.text_moe.gate",
         mem_bias="mlp.text_moe.gate.moe_statics.e_score_correction_bias",

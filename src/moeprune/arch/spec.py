@@ -89,6 +89,10 @@ class ExpertSets:
     mem_biases: tuple[str, ...] = ()
     """Each set's selection-bias tensor in the loaded model (empty: none), set to -inf for its
     removed experts."""
+    select: str = ""
+    """The model's keyword argument that sends a token to set s (ERNIE-4.5-VL:
+    ``moe_mm_token_type_ids``, 1 = vision); `verify` runs a second batch with the tokens spread over
+    the sets through it, so that every set's pruning is proven, not only the text set's."""
     fused: tuple[tuple[str, ...], ...] = ()
     """Each set's fused expert tensors relative to the block (first axis = the set's E experts), for
     sets that are not per-expert keys: JetMoE's MLP experts (``mlp.input_linear.weight``,
