@@ -170,3 +170,34 @@ def test_mxfp4_experts_are_scored_dequantized_and_sliced_on_the_expert_axis(tiny
         ):
             key = f"model.layers.{layer}.mlp.experts.{p}"
             assert torch.equal(dst[key], out[key][lp["kept"]])
+
+
+def test_fp8_calibration_sees_the_dequantized_weights(fp8_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Calibration builds its model without transformers' quantizer, so it must dequantize FP8 itself:
+    its moments equal those of the full model transformers loads (and dequantizes) from the same
+    files. Before the fix the raw codes were taken for weights (sum ||f|| ~1e11 instead of ~30)."""
+    from moeprune.calib.engine import calibrate
+    from test_calib_reference import ATOL, RTOL, build_reference, token_batch
+
+    ref = build_reference(fp8_model, "deepseek_v3", token_batch())
+    stats = calibrate(fp8_model, token_batch(), batch_size=2)
+    assert sorted(stats.layers) == sorted(ref.layers)
+    for i, layer in ref.layers.items():
+        got, want = stats.layer(i), layer.moments(ref.n_experts)
+        assert torch.equal(got[:, 0, 0], want[:, 0, 0]), f"layer {i}: N_j"
+        torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL, msg=f"layer {i}")
+
+
+def test_fp8_without_block_scales_is_refused_by_calibration(fp8_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from moeprune.calib.engine import calibrate
+    from moeprune.errors import InputError
+    from test_calib_reference import token_batch
+
+    bad = tmp_path / "bad"
+    shutil.copytree(fp8_model, bad)
+    tensors = load_file(bad / "model.safetensors")
+    for name in [n for n in tensors if n.endswith("_scale_inv")]:  # codes with no scales at all
+        del tensors[name]
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match="without block scales"):
+        calibrate(bad, token_batch(), batch_size=2)

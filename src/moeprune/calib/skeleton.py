@@ -37,13 +37,20 @@ class _Stop(Exception):
 class LazyTensor:
     """One checkpoint tensor, read when indexed (``t[...]``: the slice protocol transformers'
     loading uses for safetensors), so that transformers materialises each tensor only when its
-    conversion needs it."""
+    conversion needs it. A block-scaled FP8 weight is read dequantized with its ``_scale_inv``
+    (``scale`` names it): the skeleton is built without transformers' quantizer, so the raw codes
+    would otherwise be taken for the weights."""
 
-    def __init__(self, ckpt: Checkpoint, name: str):
-        self.ckpt, self.name = ckpt, name
+    def __init__(self, ckpt: Checkpoint, name: str, scale: str = "", block: list[int] | None = None):
+        self.ckpt, self.name, self.scale, self.block = ckpt, name, scale, block
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         tensor = self.ckpt.read(self.name)
+        if self.scale:
+            from moeprune.scoring.quant import block_size, fp8_block_dequantize
+
+            s = self.ckpt.read(self.scale)
+            tensor = fp8_block_dequantize(tensor, s, block_size(tuple(tensor.shape), tuple(s.shape), self.block))
         return tensor if index is Ellipsis else tensor[index]
 
     def get_shape(self) -> list[int]:
@@ -101,7 +108,7 @@ class Skeleton:
         from transformers.modeling_utils import LoadStateDictConfig
         from transformers.utils import logging as hf_logging
 
-        state = {n: LazyTensor(self.ckpt, n) for n in names}
+        state = self._lazy(names)
         config = LoadStateDictConfig(
             device_map={"": self.device},
             dtype=self.dtype,
@@ -114,6 +121,26 @@ class Skeleton:
         finally:
             if was:
                 hf_logging.enable_progress_bar()
+
+    def _lazy(self, names: list[str]) -> dict[str, LazyTensor]:
+        """The lazy tensors of ``names``: FP8 weights dequantized with their block scales (which are
+        then not loaded); any other FP8 tensor is refused, since its codes are not its values."""
+        block = (self.ckpt.config.get("quantization_config") or {}).get("weight_block_size")
+        present = set(self.ckpt.tensors)
+        state: dict[str, LazyTensor] = {}
+        for n in names:
+            if n.endswith("_scale_inv") and n[: -len("_scale_inv")] in present:
+                continue
+            if not self.ckpt.info(n).dtype.startswith("F8"):
+                state[n] = LazyTensor(self.ckpt, n)
+            elif n + "_scale_inv" in present:
+                state[n] = LazyTensor(self.ckpt, n, n + "_scale_inv", block)
+            else:
+                raise InputError(
+                    f"{n}: an FP8 tensor without block scales ({n}_scale_inv); calibration cannot "
+                    "dequantize it (score by weights with --criterion aimer, or calibrate the bf16 checkpoint)"
+                )
+        return state
 
     def load_layer(self, i: int) -> torch.nn.Module:
         with memory.mapped_allocations():

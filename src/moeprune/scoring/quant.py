@@ -82,6 +82,16 @@ def fp8_block_moments(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int
     return rows * cols, float((a * s).sum()), float((b * s * s).sum())
 
 
+def fp8_block_dequantize(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """The float32 weight [R, C] of an FP8 weight with per-block ``scale_inv`` (w = q * s of its block)."""
+    import torch
+
+    br, bc = block
+    rows, cols = q.shape
+    s = scale_inv.to(torch.float32).repeat_interleave(br, dim=0).repeat_interleave(bc, dim=1)
+    return q.to(torch.float32) * s[:rows, :cols]
+
+
 PLAIN = ("F64", "F32", "F16", "BF16")
 
 
