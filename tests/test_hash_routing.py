@@ -241,11 +241,6 @@ def test_fp4_experts_are_pruned_with_their_scales_and_verify(
     assert r.code == 0, r
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scoring/quant.py does not dequantize DeepSeek-V4's FP4 experts yet (w*.weight I8 + w*.scale E8M0): "
-    "score refuses them in one line ('cannot score I8 expert weights')",
-)
 def test_fp4_experts_score_as_their_dequantized_weights(
     tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -10,7 +10,8 @@ sum w^2 = sum_b s_b^2 sum_b q^2, accumulated in float64.
   size comes from ``quantization_config.weight_block_size`` or, when absent, is the 128 x 128 of
   every public checkpoint, checked against the scale tensor's shape.
 - MXFP4 (GPT-OSS): ``*_blocks`` (uint8, [..., G, 16], two FP4 E2M1 codes per byte) and
-  ``*_scales`` (uint8 E8M0, [..., G]); groups of 32 values share the scale 2^(e - 127).
+  ``*_scales`` (uint8 E8M0, [..., G]); groups of 32 values share the scale 2^(e - 127). DeepSeek-V4
+  stores the same codes as ``W.weight`` (int8, [R, C/2]) with ``W.scale`` (E8M0, [R, C/32]).
 """
 
 from __future__ import annotations
@@ -150,6 +151,15 @@ def _tensor_moments(
         if scales not in siblings:
             raise InputError(f"{name!r}: MXFP4 blocks without their {scales!r}")
         return mxfp4_moments(read(name), read(scales))
+    fp4_scale = name[: -len("weight")] + "scale" if name.endswith(".weight") else ""
+    if info.dtype in ("I8", "U8") and fp4_scale in siblings:
+        # packed FP4 (DeepSeek-V4): [R, C/2] bytes of two E2M1 codes, one E8M0 scale per 32 values [R, C/32]
+        import torch
+
+        q, s = read(name).view(torch.uint8), read(fp4_scale).view(torch.uint8)
+        if q.shape[:-1] != s.shape[:-1] or q.shape[-1] != 16 * s.shape[-1]:
+            raise InputError(f"{name!r} {list(q.shape)} does not match its FP4 scales {list(s.shape)}")
+        return mxfp4_moments(q.reshape(*s.shape, 16), s)
     if info.dtype.startswith("F8"):
         scale = name + "_scale_inv"
         if scale not in siblings:
