@@ -365,3 +365,18 @@ def test_verify_proves_the_vision_set_too(pruned: Callable[[float], Pruned], cli
         caught = cli("verify", str(r.src), str(bad))
         assert caught.code != 0 and "MISMATCH" in caught.err, (rel, caught)
         shutil.rmtree(bad)
+
+
+def test_inspect_says_the_layer_has_two_sets_counted_once(tiny: Callable[..., Path], cli: Callable[..., Any]) -> None:
+    """The config counts E per set; the layer holds S·E experts: inspect must not read as if the config
+    said S·E (or as if the sets were DeepSeek-style groups)."""
+    src = tiny(FAMILY)
+    e = _e(json.loads((src / "config.json").read_text()))
+    r = cli("inspect", str(src))
+    assert r.code == 0, r
+    assert f"{2 * e} per MoE layer: 2 sets of {e}, each with its own router (config key moe_num_experts = {e})" in r.out
+    assert "n_group" not in r.out and "the 2 expert sets" in r.out
+    info = json.loads(cli("inspect", str(src), "--json").out)
+    assert info["experts"] == 2 * e and info["expert_sets"] == 2
+    plain = json.loads(cli("inspect", str(tiny("qwen3_moe")), "--json").out)
+    assert plain["expert_sets"] is None

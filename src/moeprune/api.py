@@ -55,6 +55,7 @@ def inspect(model: str | os.PathLike[str]) -> dict[str, Any]:
             "moe_layers": [layer.index for layer in moe.layers],
             "experts": moe.n_experts,
             "expert_count_key": moe.count_key,
+            "expert_sets": len(moe.family.expert_sets.routers) if moe.family.expert_sets else None,
             "top_k": moe.top_k,
             "groups": None
             if moe.groups is None

@@ -25,13 +25,22 @@ def inspect(model: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    groups = info["groups"]
+    groups, sets = info["groups"], info.get("expert_sets")
+    experts = f"{info['experts']} per MoE layer (config key {info['expert_count_key']})"
+    grouping = "none" if groups is None else f"n_group {groups['n_group']}, topk_group {groups['topk_group']}"
+    if sets:  # S sets counted once by the config: say so, not "n_group S"
+        per_set = info["experts"] // sets
+        experts = (
+            f"{info['experts']} per MoE layer: {sets} sets of {per_set}, each with its own router "
+            f"(config key {info['expert_count_key']} = {per_set})"
+        )
+        grouping = f"the {sets} expert sets (a plan removes as many from each)"
     rows = [
         ("family", info["family"]),
         ("layers", f"{info['layers']} ({len(info['moe_layers'])} MoE: {ranges(info['moe_layers'])})"),
-        ("routed experts", f"{info['experts']} per MoE layer (config key {info['expert_count_key']})"),
+        ("routed experts", experts),
         ("top-k", info["top_k"]),
-        ("groups", "none" if groups is None else f"n_group {groups['n_group']}, topk_group {groups['topk_group']}"),
+        ("groups", grouping),
         ("layout", f"{info['layout']}, {', '.join(info['dtypes'])}"),
         (
             "size",
