@@ -380,3 +380,38 @@ def test_inspect_says_the_layer_has_two_sets_counted_once(tiny: Callable[..., Pa
     assert info["experts"] == 2 * e and info["expert_sets"] == 2
     plain = json.loads(cli("inspect", str(tiny("qwen3_moe")), "--json").out)
     assert plain["expert_sets"] is None
+
+
+def test_mxfp8_calibration_sees_the_dequantized_weights(tiny: Callable[..., Path], tmp_path: Path) -> None:
+    """Calibration's skeleton has no quantizer: it dequantizes MX exponents itself. Its statistics on
+    the MXFP8 checkpoint equal those on a float32 copy holding the dequantized values (q * 2^(e-127),
+    computed here independently), and differ from the raw codes' (the exponents matter)."""
+    from moeprune.calib.engine import calibrate
+    from test_calib_reference import token_batch
+
+    gen = torch.Generator().manual_seed(0)
+    quantized: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def mxfp8(t: dict[str, torch.Tensor]) -> None:
+        for name in [n for n in t if n.endswith(("experts.w13_weight", "experts.w2_weight"))]:
+            q = (t[name] * 4).to(torch.float8_e4m3fn)
+            e = torch.randint(124, 127, (*q.shape[:-1], q.shape[-1] // 32), generator=gen).to(torch.uint8)
+            t[name], t[name + "_scale"] = q, e
+            quantized[name] = (q, e)
+
+    def dequantized(t: dict[str, torch.Tensor]) -> None:
+        for name, (q, e) in quantized.items():
+            scale = np.repeat(np.exp2(e.numpy().astype(np.float64) - 127), 32, axis=-1)
+            t[name] = torch.from_numpy(q.to(torch.float64).numpy() * scale).float()
+
+    def raw(t: dict[str, torch.Tensor]) -> None:
+        for name, (q, _) in quantized.items():
+            t[name] = q.float()
+
+    mx = _edited(tiny("inkling2"), tmp_path / "mx", mxfp8).path
+    plain = _edited(tiny("inkling2"), tmp_path / "plain", dequantized).path
+    codes = _edited(tiny("inkling2"), tmp_path / "codes", raw).path
+    got, want, wrong = (calibrate(p, token_batch(), batch_size=2) for p in (mx, plain, codes))
+    for i in want.layers:
+        torch.testing.assert_close(got.layer(i), want.layer(i), rtol=1e-5, atol=1e-6, msg=f"layer {i}")
+    assert any(not torch.allclose(wrong.layer(i), want.layer(i), rtol=1e-3) for i in want.layers)

@@ -46,11 +46,15 @@ class LazyTensor:
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         tensor = self.ckpt.read(self.name)
-        if self.scale:
+        if self.scale.endswith("_scale_inv"):  # block-scaled FP8 (DeepSeek-V3, Qwen3 FP8)
             from moeprune.scoring.quant import block_size, fp8_block_dequantize
 
             s = self.ckpt.read(self.scale)
             tensor = fp8_block_dequantize(tensor, s, block_size(tuple(tensor.shape), tuple(s.shape), self.block))
+        elif self.scale:  # MXFP8: one E8M0 exponent per 32 values of the last axis
+            from moeprune.scoring.quant import mx_dequantize
+
+            tensor = mx_dequantize(tensor, self.ckpt.read(self.scale))
         return tensor if index is Ellipsis else tensor[index]
 
     def get_shape(self) -> list[int]:
@@ -129,18 +133,33 @@ class Skeleton:
         present = set(self.ckpt.tensors)
         state: dict[str, LazyTensor] = {}
         for n in names:
-            if n.endswith("_scale_inv") and n[: -len("_scale_inv")] in present:
-                continue
-            if not self.ckpt.info(n).dtype.startswith("F8"):
+            base = n.rsplit("_scale", 1)[0]
+            if n.endswith(("_scale_inv", "_scale")) and base in present and self.ckpt.info(base).dtype.startswith("F8"):
+                continue  # read with its FP8 weight
+            info = self.ckpt.info(n)
+            if not info.dtype.startswith("F8"):
                 state[n] = LazyTensor(self.ckpt, n)
             elif n + "_scale_inv" in present:
                 state[n] = LazyTensor(self.ckpt, n, n + "_scale_inv", block)
+            elif n + "_scale" in present and self._mx_scale(info.shape, n + "_scale"):
+                state[n] = LazyTensor(self.ckpt, n, n + "_scale")
             else:
                 raise InputError(
-                    f"{n}: an FP8 tensor without block scales ({n}_scale_inv); calibration cannot "
-                    "dequantize it (score by weights with --criterion aimer, or calibrate the bf16 checkpoint)"
+                    f"{n}: an FP8 tensor without block scales ({n}_scale_inv) or MX exponents ({n}_scale); "
+                    "calibration cannot dequantize it (calibrate the bf16 checkpoint)"
                 )
         return state
+
+    def _mx_scale(self, shape: tuple[int, ...], name: str) -> bool:
+        """``name`` is an MX exponent tensor for a weight of ``shape``: bytes, one per 32 values of the
+        last axis."""
+        info = self.ckpt.info(name)
+        return (
+            info.dtype in ("U8", "F8_E8M0")
+            and len(info.shape) == len(shape)
+            and tuple(info.shape[:-1]) == tuple(shape[:-1])
+            and shape[-1] == 32 * info.shape[-1]
+        )
 
     def load_layer(self, i: int) -> torch.nn.Module:
         with memory.mapped_allocations():

@@ -93,6 +93,15 @@ def fp8_block_dequantize(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[
     return q.to(torch.float32) * s[:rows, :cols]
 
 
+def mx_dequantize(q: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """The float32 values of an MX tensor (MXFP8): codes ``q`` [..., C] with one E8M0 exponent per 32
+    values along the last axis ``exponents`` [..., C/32] (w = q * 2^(e - 127))."""
+    import torch
+
+    scale = torch.exp2(exponents.view(torch.uint8).to(torch.float32) - 127)
+    return (q.to(torch.float32).reshape(*exponents.shape, 32) * scale[..., None]).reshape(q.shape)
+
+
 PLAIN = ("F64", "F32", "F16", "BF16")
 
 
@@ -119,6 +128,11 @@ def quantized_moments(ckpt: Checkpoint, model: MoeModel) -> dict[int, Any]:
     block_cfg = (model.config.get("quantization_config") or {}).get("weight_block_size")
     out: dict[int, Any] = {}
     for layer in model.layers:
+        if layer.rows or layer.sets:  # one expert = a block of rows, or a slice of its set's tensor
+            raise InputError(
+                f"layer {layer.index}: quantized experts stored as blocks of rows or per expert set cannot be "
+                "scored by weight yet; calibrate and prune with a statistics criterion"
+            )
         m = WeightMoments.zeros(model.n_experts)
         items: list[tuple[int, str, bool, set[str]]] = [
             (j, name, False, set(names)) for j, names in layer.per_expert.items() for name in names
