@@ -203,6 +203,21 @@ def _tiny(**over: object) -> dict[str, object]:
     return {**_TINY, **over}
 
 
+_TINY_SAM = dict(
+    hidden_size=32,
+    output_channels=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=64,
+    patch_size=16,
+    global_attn_indexes=[0],
+    window_size=2,
+    mlp_dim=32,
+    downsample_channels=[16, 32],
+)
+"""The SAM image encoder of the DeepSeek-OCR families' tiny configs."""
+
+
 # --- the registry --------------------------------------------------------------------------------
 
 _ENTRIES = [
@@ -2354,18 +2369,7 @@ _ENTRIES = [
                 **_E8K2,
             ),
             vision_config=dict(
-                sam_config=dict(
-                    hidden_size=32,
-                    output_channels=16,
-                    num_hidden_layers=1,
-                    num_attention_heads=2,
-                    image_size=64,
-                    patch_size=16,
-                    global_attn_indexes=[0],
-                    window_size=2,
-                    mlp_dim=32,
-                    downsample_channels=[16, 32],
-                ),
+                sam_config=_TINY_SAM,
                 encoder_config=dict(
                     hidden_size=32,
                     intermediate_size=32,
@@ -2402,18 +2406,7 @@ _ENTRIES = [
                 **_E8K2,
             ),
             vision_config=dict(
-                sam_config=dict(
-                    hidden_size=32,
-                    output_channels=16,
-                    num_hidden_layers=1,
-                    num_attention_heads=2,
-                    image_size=64,
-                    patch_size=16,
-                    global_attn_indexes=[0],
-                    window_size=2,
-                    mlp_dim=32,
-                    downsample_channels=[16, 32],
-                ),
+                sam_config=_TINY_SAM,
                 encoder_config=dict(
                     hidden_size=32,
                     intermediate_size=32,
