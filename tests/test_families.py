@@ -222,6 +222,10 @@ LAYOUT: dict[str, Layout] = {
     ),
     # K: Tencent Hy-V4, fused experts on disk as in memory ([E, 2I, H], [E, H, I])
     "hy_v4": Layout("model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}, _FUSED),
+    # X: dots3 Note, per-expert keys on disk (qwen2_moe conversion); its vision MoE is kept whole
+    "dots3_note": Layout(
+        "model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}, other_moe=("vision_encoder.",)
+    ),
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}
@@ -234,6 +238,7 @@ DENSE_RULE |= {"deepseek_ocr2", "unlimited_ocr", "muse_spark", "hy_v4_vl"}  # M2
 DENSE_RULE |= {"nemotron_h"}  # S: Mamba and attention layers (layers_block_type)
 DENSE_RULE |= {"kimi_k25", "glm4v_moe", "glm5_next", "minimax_m3_vl", "step3p7", "mistral4", "mistral_large4"}  # M1
 DENSE_RULE |= {"hy_v4"}  # K: layer 0 dense (mlp_layer_types)
+DENSE_RULE |= {"dots3_note"}  # X: layer 0 dense (mlp_layer_types from first_k_dense_replace)
 """Families whose tiny config makes some decoder layers dense (first_k_dense_replace, mlp_only_layers,
 moe_layer_start_index, expert_layer_period, interleave_moe_layer_step, num_dense_layers)."""
 
@@ -249,6 +254,7 @@ V3_GROUPED |= {"param2moe", "sarvam_mla", "axk2", "beam"}
 V3_GROUPED |= {"kimi_k25", "glm4v_moe", "glm5_next", "mistral4", "mistral_large4"}  # M1
 V3_GROUPED |= {"hy_v4"}  # K
 V3_GROUPED |= {"hy_v4_vl"}  # M2
+V3_GROUPED |= {"dots3_note"}  # X
 """Families with DeepSeek-V3 group-limited routing (n_group, topk_group)."""
 
 

@@ -119,6 +119,17 @@ def step3p7_rule(cfg: Config) -> list[int]:
     return [i for i in range(_n_layers(cfg)) if i in ids]
 
 
+# X: dots3_note
+
+
+def dots3_rule(cfg: Config) -> list[int]:
+    """dots3 without ``mlp_layer_types``: layers ``>= first_k_dense_replace`` (default 1) that the
+    hub's ``moe_layer_freq`` list marks 1 (every layer when it is absent), as transformers derives it."""
+    k = cfg.get("first_k_dense_replace", 1) or 0
+    freq = cfg.get("moe_layer_freq")
+    return [i for i in range(_n_layers(cfg)) if i >= k and (not isinstance(freq, list) or bool(freq[i]))]
+
+
 # S: layer counts and MoE layers of configs without num_hidden_layers (DBRX, Nemotron-H)
 
 
@@ -2463,6 +2474,76 @@ _ENTRIES = [
         ),
         notes="Muse Spark: sigmoid + correction bias on the router (x output_multiplier), experts at a pooled width "
         "(pre/post_expert_proj kept) with one shared experts.post_expert_norm (kept); vision and audio towers kept",
+    ),
+    # --- X: the last families of issue 15 (dots3_note, qwen4_exp) ---
+    Family(
+        "dots3_note",
+        count_keys=("n_routed_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=mlp_layer_types(dots3_rule),
+        nested=True,  # the text model stays under model.layers on disk (model.language_model.layers in memory)
+        sliced=(("gate.e_score_correction_bias", 0),),
+        groups=v3_groups,
+        mem_router="mlp.gate",
+        mem_bias="mlp.gate.e_score_correction_bias",
+        tiny=dict(
+            text_config=_tiny(
+                num_key_value_heads=4,  # the validator wants as many key-value heads as heads
+                n_routed_experts=8,
+                moe_intermediate_size=32,
+                n_shared_experts=1,
+                shared_experts_intermediate_size=32,
+                n_group=2,
+                topk_group=1,
+                routed_scaling_factor=2.5,
+                norm_topk_prob=True,
+                q_lora_rank=32,
+                kv_lora_rank=16,
+                qk_rope_head_dim=8,
+                qk_nope_head_dim=8,
+                v_head_dim=16,
+                index_topk=8,
+                index_head_dim=16,
+                index_n_heads=2,
+                sliding_window=8,
+                swa_num_attention_heads=4,
+                swa_num_key_value_heads=4,
+                swa_q_lora_rank=32,
+                swa_kv_lora_rank=16,
+                swa_head_dim=16,
+                swa_qk_nope_head_dim=8,
+                swa_v_head_dim=16,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                **_E8K2,
+            ),
+            vision_config=dict(  # a vision MoE of its own (4 experts), kept whole
+                hidden_size=32,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                patch_size=2,
+                adapter_in_dim=32,
+                adapter_out_dim=64,
+                mlp_layer_types=["sparse"],
+                moe_intermediate_size=16,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+            ),
+            audio_config=dict(
+                hidden_size=32,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                adapter_input_size=32,
+                adapter_out_dim=64,
+                downsample_hidden_size=16,
+                feature_size=16,
+            ),
+        ),
+        notes="dots3 Note: sigmoid + correction bias, group-limited (as DeepSeek-V3) under model.layers; MLA with "
+        "sliding-window and indexed (DSA) layers; the vision tower's own MoE and the audio tower kept",
     ),
 ]
 
