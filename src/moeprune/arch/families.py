@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from moeprune.arch.spec import Config, ExpertSets, Family, Groups, RouterRows, ScaledInput
+from moeprune.arch.spec import Config, ExpertSets, Family, Groups, RouterRows, ScaledInput, SortedGroups
 from moeprune.errors import InputError, UnsupportedFamilyError
 
 # --- which decoder layers are MoE layers -------------------------------------------------------
@@ -1668,6 +1668,11 @@ _ENTRIES = [
         ),
         mem_router="mlp.router.layer",
         mem_experts="mlp",
+        # --- C: calibration hooks each set's router and output projection (rows sorted by expert) ---
+        sorted_groups=SortedGroups(
+            routers=("mlp.router", "self_attention.experts.router"),
+            outputs=("mlp.output_linear", "self_attention.experts.output_linear"),
+        ),
         # as JetMoE-8B's config.json (num_attention_heads = num_key_value_heads × top-k, derived)
         tiny=_tiny(
             architectures=["JetMoeForCausalLM"],
@@ -1677,9 +1682,6 @@ _ENTRIES = [
             kv_channels=16,
             num_key_value_heads=2,
         ),
-        calibration_blocker="JetMoE's blocks run their experts themselves (router, then input_linear and "
-        "output_linear called with sorted token groups; the attention experts between map and reduce), "
-        "never through an experts module the routed-token observer can watch",
         notes="MLP experts and mixture-of-attention experts, both counted by num_local_experts: two sets",
     ),
     # --- M1: multimodal MoEs (text model), group 1 ---

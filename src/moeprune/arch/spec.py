@@ -41,6 +41,26 @@ class ScaledInput:
 
 
 @dataclass(frozen=True)
+class SortedGroups:
+    """How calibration observes experts that a block calls itself, on its token rows sorted by expert,
+    instead of through an experts module (JetMoE's MLP experts and its mixture-of-attention experts).
+
+    Per expert set s: the router module ``routers[s]`` (relative to a decoder layer in memory) returns
+    a tuple holding, at ``token``, ``gate`` and ``sizes``, the token of every (token, slot) pair in
+    the order the block runs them (grouped by expert: ``sizes[j]`` pairs of expert 0, then of expert
+    1, ...) and the weight the block multiplies that pair's expert output by; the module
+    ``outputs[s]`` is then called on those pairs in that order and returns, row by row, f_j before
+    gating. Calibration hooks both: the routing and f_j are the model's own, nothing is recomputed.
+    Set s's expert j is moeprune's id s·E + j (`ExpertSets`)."""
+
+    routers: tuple[str, ...]
+    outputs: tuple[str, ...]
+    token: int = 1
+    gate: int = 2
+    sizes: int = 3
+
+
+@dataclass(frozen=True)
 class RouterRows:
     """A router whose expert axis is not exactly the E routed experts, as data.
 
@@ -128,6 +148,9 @@ class Family:
     """Set when the router's score multiplies the expert INPUT (Llama 4): the experts module sees no
     routing, so calibration reads it from the router (``mem_router``) and computes f_j on the
     unscaled input with the experts' weights this names; g is the router's score."""
+    sorted_groups: SortedGroups | None = None
+    """Set when the block runs its experts itself on token rows sorted by expert (JetMoE):
+    calibration hooks each set's router and expert-output module instead of ``mem_experts``."""
     block: str = "mlp"
     """The MoE block's name under each decoder layer, on disk; "" when the router and experts sit on
     the decoder layer itself (Gemma 4: ``layers.{L}.router``, ``layers.{L}.experts``)."""

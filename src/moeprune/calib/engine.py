@@ -180,6 +180,7 @@ def calibrate(
                     moe.n_experts,
                     moe.family.scaled_input,
                     moe.family.router_rows.zero_weight_slots,
+                    moe.family.sorted_groups,
                 )
                 if i in stats_layers
                 else None

@@ -14,6 +14,11 @@ For routers that scale the expert input (Llama 4), the experts module receives n
 observer reads the router's scores and logits (the same top-k the router takes) and computes f_j on
 the unscaled input from the experts' transposed fused weights, with g = the sigmoid score; the
 model's own forward is left as it is.
+
+For blocks that run their experts themselves on token rows sorted by expert (JetMoE,
+`SortedGroups`), the observer hooks each expert set's router (the pairs' tokens, gates and group
+sizes) and the module that computes the experts' outputs on those rows (f_j before gating), and
+accumulates set s's expert j as id s·E + j; the model's forward is left as it is.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 import torch
 
-from moeprune.arch.spec import ScaledInput
+from moeprune.arch.spec import ScaledInput, SortedGroups
 
 PAIRS_PER_CALL = 1 << 14
 """(token, expert) pairs per experts-module call: bounds the observer's extra memory (pairs x H)."""
@@ -90,6 +95,7 @@ class Observer:
         n_experts: int,
         scaled_input: ScaledInput | None,
         zero_weight_slots: bool = False,
+        sorted_groups: SortedGroups | None = None,
     ):
         self.moments = Moments(n_experts, n_shards=SHARDS)
         self.zero_weight_slots = zero_weight_slots
@@ -98,7 +104,9 @@ class Observer:
         self.shard: torch.Tensor | None = None
         self.experts = layer.get_submodule(experts_path)
         self._handles: list[Any] = []
-        if scaled_input is not None:
+        if sorted_groups is not None:
+            self._attach_sorted(layer, sorted_groups)
+        elif scaled_input is not None:
             self._attach_scaled(layer.get_submodule(router_path), scaled_input)
         else:
             self._original = self.experts.forward
@@ -186,3 +194,35 @@ class Observer:
                 self.moments.add(j, scores[rows, j], f.float().norm(dim=-1), shard)
 
         self._handles.append(router.register_forward_hook(on_router))
+
+    # -- experts run by the block itself on rows sorted by expert (JetMoE) ------------------------
+
+    def _attach_sorted(self, layer: torch.nn.Module, names: SortedGroups) -> None:
+        for s, (router_path, output_path) in enumerate(zip(names.routers, names.outputs, strict=True)):
+            routing: dict[str, Any] = {}
+
+            def on_router(module: torch.nn.Module, args: tuple[Any, ...], output: Any, routing: Any = routing) -> None:
+                routing["token"], routing["gate"] = output[names.token], output[names.gate]
+                routing["sizes"] = output[names.sizes]
+
+            def on_output(
+                module: torch.nn.Module, args: tuple[Any, ...], output: Any, routing: Any = routing, s: int = s
+            ) -> None:
+                f = output.reshape(output.shape[0], -1)  # (P, H): f_j of every pair, grouped by expert
+                if self.moments.a.device != f.device:
+                    self.moments.a = self.moments.a.to(f.device)
+                sizes = torch.as_tensor(routing.pop("sizes"), dtype=torch.int64)
+                token, gate = routing.pop("token").to(f.device), routing.pop("gate")
+                if f.shape[0] != token.shape[0] or int(sizes.sum()) != f.shape[0]:
+                    raise RuntimeError(f"expert set {s}: the expert outputs do not match the router's pairs")
+                j = s * len(sizes) + torch.repeat_interleave(torch.arange(len(sizes)), sizes).to(f.device)
+                keep = (
+                    torch.ones_like(token, dtype=torch.bool) if self.valid is None else self.valid.to(f.device)[token]
+                )
+                if keep.any():
+                    shard = None if self.shard is None else self.shard[token.cpu()][keep.cpu()]
+                    norm = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32)
+                    self.moments.add_pairs(j[keep], gate[keep], norm[keep], shard)
+
+            self._handles.append(layer.get_submodule(router_path).register_forward_hook(on_router))
+            self._handles.append(layer.get_submodule(output_path).register_forward_hook(on_output))
