@@ -226,6 +226,7 @@ LAYOUT: dict[str, Layout] = {
     "dots3_note": Layout(
         "model.layers", "mlp", "gate.weight", {"gate.e_score_correction_bias": 0}, other_moe=("vision_encoder.",)
     ),
+    "qwen4_exp": Layout("model.language_model.layers", "mlp", "gate.weight"),  # per-expert (qwen2_moe conversion)
 }
 
 DENSE_RULE = {"qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "ernie4_5_moe", "jamba", "llama4_text", "lfm2_moe"}

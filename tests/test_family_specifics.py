@@ -81,6 +81,7 @@ CALIBRATED = [
     "qwen3_omni_moe",
     # X: the last families of issue 15
     "dots3_note",
+    "qwen4_exp",
     # H: hash-routed (the hash layers' routing comes from input_ids, which the engine replays per layer)
     "deepseek_v4",
     # R: routers with rows that are not experts (tests/test_router_rows.py)

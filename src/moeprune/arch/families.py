@@ -2547,6 +2547,58 @@ _ENTRIES = [
         notes="dots3 Note: sigmoid + correction bias, group-limited (as DeepSeek-V3) under model.layers; MLA with "
         "sliding-window and indexed (DSA) layers; the vision tower's own MoE and the audio tower kept",
     ),
+    Family(
+        "qwen4_exp",
+        count_keys=("num_experts", "num_local_experts"),
+        topk_keys=("num_experts_per_tok",),
+        moe_layers=all_layers,  # transformers builds a sparse MoE block in every decoder layer
+        layers="model.language_model.layers",
+        nested=True,
+        mtp="mtp.layers",  # as Qwen3.5-MoE: transformers ignores mtp.* on load, a hub checkpoint may ship them
+        mem_router="mlp.gate",
+        tiny=dict(
+            text_config=_tiny(
+                num_hidden_layers=2,
+                num_experts=8,
+                moe_intermediate_size=32,
+                shared_expert_intermediate_size=48,
+                layer_types=["linear_attention", "full_attention"],  # the hub's name for QSA-indexed layers
+                linear_num_value_heads=4,
+                linear_num_key_heads=2,
+                linear_key_head_dim=16,
+                linear_value_head_dim=16,
+                hc_count=2,
+                hc_lowrank=8,
+                ple_layer_ids=[1],  # per-layer n-gram embeddings on the linear-attention layer
+                ple_embed_dim=16,
+                heads_per_ngram=2,
+                ngram_vocab_size_base=64,
+                make_ngram_vocab_size_divisible_by=8,
+                split_ngram_parts=2,
+                indexer_n_heads=2,
+                indexer_kv_heads=1,
+                indexer_head_dim=16,
+                indexer_budget=8,
+                indexer_compress_ratio=4,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                **_E8K2,
+            ),
+            vision_config=dict(
+                depth=1,
+                hidden_size=32,
+                intermediate_size=32,
+                num_heads=2,
+                out_hidden_size=64,
+                patch_size=2,
+                spatial_merge_size=1,
+                temporal_patch_size=1,
+            ),
+        ),
+        notes="Qwen4-Exp: as Qwen3.5-MoE (softmax, top-k, renormalise; gated shared expert kept) with hyper-connection "
+        "streams, per-layer n-gram embeddings and QSA-indexed attention (kept); vision tower kept",
+    ),
 ]
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
