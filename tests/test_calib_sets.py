@@ -140,3 +140,32 @@ def test_jetmoe_calibration_equals_the_full_model_reference(
     assert json.loads((out / "config.json").read_text())["num_local_experts"] == n - per_set
     r = cli("verify", str(src), str(out))
     assert r.code == 0 and r.out.startswith("OK:"), r
+
+
+# --- what calibrate refuses, and that it says what to do instead ---------------------------------
+
+
+def test_a_layer_argument_computed_between_layers_is_refused(
+    tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Inkling2 stacks the inputs of its block-boundary layers into ``block_states`` between layers; past
+    the second boundary that argument depends on earlier layers' outputs, which the capture's stub
+    layers do not compute: calibrate refuses it (it used to replay the stubs' values: wrong moments)."""
+    import numpy as np
+
+    from helpers import one_line_error
+    from moeprune.arch import FAMILIES
+
+    text = {**FAMILIES["inkling2"].tiny["text_config"], "n_layers_per_attn_res_block": 1}  # boundary at every layer
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.arange(16, dtype=np.int64).reshape(2, 8))
+    src = tiny("inkling2", overrides={"text_config": text})
+    r = cli("calibrate", str(src), "--data", str(ids), "-o", str(tmp_path / "stats"))
+    one_line_error(r, "layer 2", "'block_states'", "earlier layers' hidden states")
+
+
+def test_refused_families_say_to_prune_by_the_weights() -> None:
+    from moeprune.arch import FAMILIES
+
+    for name in ("ernie4_5_vl_moe", "inkling2_loop"):
+        assert "--criterion aimer" in FAMILIES[name].calibration_blocker, name

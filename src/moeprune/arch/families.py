@@ -2071,8 +2071,10 @@ _ENTRIES = [
         mem_router="mlp.text_moe.gate",
         mem_bias="mlp.text_moe.gate.moe_statics.e_score_correction_bias",
         mem_experts="mlp.text_moe.experts",
-        calibration_blocker="calibration data is text, and text tokens are routed to the text expert set only: "
-        "the vision set would get no statistics to be ranked by (score ERNIE-4.5-VL with a weight criterion)",
+        calibration_blocker="calibration data is text, and text tokens are routed to the text expert set only "
+        "(a token reaches the vision set only as an image patch, through the vision tower, which calibrate does not "
+        "run): the vision set would get no statistics to be ranked by; prune by the weights instead: "
+        "moeprune prune MODEL --criterion aimer --ratio R -o OUT",
         tiny=dict(
             architectures=["Ernie4_5_VLMoeForConditionalGeneration"],
             text_config=_tiny(
@@ -2197,7 +2199,11 @@ _ENTRIES = [
         mem_router="mlp.gate",
         mem_bias="mlp.gate.e_score_correction_bias",
         calibration_blocker="its looped layers (loop_layer_index_start .. end) run loop_num_passes times per "
-        "forward with messages between passes, which layer-by-layer calibration does not replay",
+        "forward, each later pass restarting from the pre-loop states with messages that model.llm.message_input "
+        "computes from every looped layer's previous-pass output, so a looped layer's later inputs depend on the "
+        "layers after it: layer-by-layer calibration (each layer loaded once, run once on cached inputs) cannot "
+        "replay that, nor the attention-residual block states built between layers; prune by the weights instead: "
+        "moeprune prune MODEL --criterion aimer --ratio R -o OUT",
         tiny=dict(
             architectures=["Inkling2LoopForConditionalGeneration"],
             text_config=dict(

@@ -187,17 +187,30 @@ class Skeleton:
         tokens, Kolibri's index pool) is recorded as `Carried`, a mapping that layers fill for later
         layers (shared keys and values) as `Shared`: the engine passes the real values when it runs
         the layers. How many values the model takes from each layer (`arity`) is read from the
-        model's own forward, at the call."""
+        model's own forward, at the call.
+
+        An argument that the model's forward computes from an earlier layer's hidden states between
+        layers (Inkling2's attention-residual ``block_states`` past its first block: the inputs of the
+        block-boundary layers, stacked) cannot be replayed from the capture, where every layer is a
+        stub: the stubs' outputs are followed through every torch operation (`_Derived`) and such an
+        argument is refused with one line, never replayed with the stubs' values."""
         found: list[dict[str, Any]] = []
         first: list[torch.Tensor] = []
         last = len(self.layers) - 1
         shared: dict[int, Shared] = {}
+        derived = _Derived()
 
         def stub(i: int, layer: torch.nn.Module, signature: inspect.Signature) -> Callable[..., Any]:
             def run(*args: Any, **kwargs: Any) -> Any:
                 hidden, named = _named(signature, args, kwargs)
                 if not first:
                     first.append(hidden)
+                for k, v in named.items():
+                    if derived.holds(v):
+                        raise InputError(
+                            f"layer {i}: the model computes its argument {k!r} from earlier layers' hidden states "
+                            "between layers, which layer-by-layer calibration does not replay"
+                        )
                 found.append({k: _record(v, shared, i) for k, v in named.items()})
                 n = _unpacked_by_caller(sys._getframe(1), layer)
                 if self.arity.setdefault(i, n) != n:
@@ -206,7 +219,8 @@ class Skeleton:
                     )
                 if i == last:
                     raise _Stop
-                return hidden if n == 1 else (hidden, *(_Marker(i, s) for s in range(1, n)))
+                out = derived.add(hidden.view_as(hidden))  # a new tensor: the layer's input is not derived
+                return out if n == 1 else (out, *(_Marker(i, s) for s in range(1, n)))
 
             return run
 
@@ -214,7 +228,7 @@ class Skeleton:
             signature = inspect.signature(layer.forward)
             layer.forward = stub(i, layer, signature)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), derived:
                 self.lm.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
         except _Stop:
             pass
@@ -259,6 +273,40 @@ def _mtp_root(mtp: str | None, layers: str) -> str | None:
         return None
     root = mtp.split(".")[0] + "."
     return mtp + "." if layers.startswith(root) else root
+
+
+class _Derived(torch.overrides.TorchFunctionMode):
+    """Follows the stubbed layers' outputs through the capture: the result of every torch operation
+    on such a tensor (or on one derived from it) is derived too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tensors: dict[int, torch.Tensor] = {}  # id -> tensor (kept alive: ids are not reused)
+
+    def add(self, value: Any) -> Any:
+        for t in _tensors(value):
+            self.tensors[id(t)] = t
+        return value
+
+    def holds(self, value: Any) -> bool:
+        return any(self.tensors.get(id(t)) is t for t in _tensors(value))
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if self.tensors and self.holds((args, kwargs)):
+            self.add(out)
+        return out
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in ``value`` and in the tuples, lists and mappings it holds."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
 
 class _Marker:
