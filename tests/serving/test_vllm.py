@@ -177,7 +177,7 @@ UNSERVED: dict[str, str] = {
         )
     },
     **dict.fromkeys(
-        ("glm4v_moe", "glm5_next", "minimax_m3_vl", "qwen3_omni_moe", "qwen3_vl_moe", "step3p7"),
+        ("glm4v_moe", "glm5_next", "minimax_m3_vl", "qwen3_omni_moe", "qwen3_vl_moe", "step3p7", "qwen4_exp"),
         "failed to be inspected",
     ),
     "nemotron_h": "is_act_and_mul=False is supported only for CUDA",
@@ -187,6 +187,7 @@ UNSERVED: dict[str, str] = {
     "mistral4": "Head dimension 128 is not supported by MLA",
     "kimi_k25": "'_lib_fn_wrapper' object has no attribute 'get'",
     "unlimited_ocr": "does not have `num_attention_heads` attribute",
+    "dots3_note": "does not have `num_attention_heads` attribute",
     # vLLM's processors for these need the checkpoint's tokenizer or image processor, which tiny checkpoints lack
     "aria": "requires a tokenizer",
     "ernie4_5_vl_moe": "requires a tokenizer",
@@ -204,6 +205,20 @@ UNSERVED_AS: dict[str, Serve] = {
     "kimi_linear": Serve("kimi_linear", sizes={**MLA, "linear_head_dim": 64}, engine=CPU_MLA),
     "mistral4": Serve("mistral4", sizes={**MLA, "head_dim": 128}, engine=CPU_MLA),  # head_dim = nope + rope
     "nemotron_h": Serve("nemotron_h", sizes=dict(mamba_num_heads=4, mamba_head_dim=64)),
+    "qwen4_exp": Serve(  # the QSA index head holds the rotary dims
+        "qwen4_exp",
+        dtype="bfloat16",
+        sizes=dict(linear_key_head_dim=64, linear_value_head_dim=64, indexer_head_dim=64),
+    ),
+    "dots3_note": Serve(  # MLA in both attention kinds, head_dim = nope + rope
+        "dots3_note",
+        sizes={
+            **MLA,
+            **dict(head_dim=128, index_head_dim=128, swa_head_dim=128, swa_num_key_value_heads=4),
+            **dict(swa_kv_lora_rank=512, swa_qk_nope_head_dim=64, swa_v_head_dim=64),
+        },
+        engine=CPU_MLA,
+    ),
     "dbrx": Serve(  # its own size keys (d_model sizes the experts too); its sub-configs as the hub writes them
         "dbrx",
         sizes=dict(d_model=256, n_heads=4),
@@ -237,7 +252,8 @@ NOT_RUN: dict[str, str] = {}
 
 def _overrides(entry_tiny: dict[str, Any], serve: Serve) -> dict[str, Any]:
     """make_tiny overrides: the serving sizes, in the text config of a nested (multimodal) family, whose
-    encoders' output size (``out_hidden_size`` / ``text_hidden_size``) is the text model's hidden size."""
+    encoders' output size (``out_hidden_size``, ``text_hidden_size``, ``adapter_out_dim``) is the text model's
+    hidden size."""
     sizes = {**SIZES, **serve.sizes}
     if "text_config" not in entry_tiny:
         return sizes
@@ -245,7 +261,7 @@ def _overrides(entry_tiny: dict[str, Any], serve: Serve) -> dict[str, Any]:
     for name, sub in entry_tiny.items():
         if name != "text_config" and name.endswith("_config") and isinstance(sub, dict):
             links = {"out_hidden_size"} if name == "vision_config" else set()
-            links |= {"out_hidden_size", "text_hidden_size"} & set(sub)
+            links |= {"out_hidden_size", "text_hidden_size", "adapter_out_dim"} & set(sub)
             out[name] = {**sub, **dict.fromkeys(links, sizes["hidden_size"])}
     return out
 
