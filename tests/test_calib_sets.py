@@ -142,26 +142,45 @@ def test_jetmoe_calibration_equals_the_full_model_reference(
     assert r.code == 0 and r.out.startswith("OK:"), r
 
 
-# --- what calibrate refuses, and that it says what to do instead ---------------------------------
+# --- arguments the forward builds between layers (Inkling2's attention residuals) ------------------
 
 
-def test_a_layer_argument_computed_between_layers_is_refused(
-    tiny: Callable[..., Path], cli: Callable[..., Any], tmp_path: Path
+def test_stacked_layer_inputs_are_replayed_and_equal_the_full_model_reference(
+    tiny: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """Inkling2 stacks the inputs of its block-boundary layers into ``block_states`` between layers; past
-    the second boundary that argument depends on earlier layers' outputs, which the capture's stub
-    layers do not compute: calibrate refuses it (it used to replay the stubs' values: wrong moments)."""
-    import numpy as np
-
-    from helpers import one_line_error
+    """Inkling2 stacks the inputs of its block-boundary layers into ``block_states`` between layers. With
+    a boundary at every layer, layer 2 reads the inputs of layers 0 and 1: the capture recognises the
+    stack (`Stacked`), the engine rebuilds it from the real inputs (kept in the activation cache, here
+    on disk), and the moments equal test_calib_reference.py's full-model reference. Before, the
+    stubs' values were replayed: layer 2's moments were off by up to 110."""
     from moeprune.arch import FAMILIES
+    from moeprune.calib.engine import calibrate
+    from test_calib_reference import build_reference
 
     text = {**FAMILIES["inkling2"].tiny["text_config"], "n_layers_per_attn_res_block": 1}  # boundary at every layer
-    ids = tmp_path / "ids.npy"
-    np.save(ids, np.arange(16, dtype=np.int64).reshape(2, 8))
     src = tiny("inkling2", overrides={"text_config": text})
-    r = cli("calibrate", str(src), "--data", str(ids), "-o", str(tmp_path / "stats"))
-    one_line_error(r, "layer 2", "'block_states'", "earlier layers' hidden states")
+    ref = build_reference(src, "inkling2", token_batch())
+    stats = calibrate(src, token_batch(), batch_size=2, out=tmp_path / "stats")
+    assert sorted(stats.layers) == sorted(ref.layers) == [0, 1, 2]
+    for i, layer in ref.layers.items():
+        got, want = stats.layer(i), layer.moments(ref.n_experts)
+        assert torch.equal(got[:, 0, 0], want[:, 0, 0]), f"layer {i}: N_j"
+        torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL, msg=f"layer {i}")
+
+
+def test_only_a_stack_of_earlier_layer_inputs_is_replayed() -> None:
+    import pytest
+
+    from moeprune.calib.skeleton import Stacked, _stacked
+    from moeprune.errors import InputError
+
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(2, 5, 8, generator=gen) for _ in range(3)]  # layers 0, 1, 2's inputs (B, L, H)
+    assert _stacked(torch.stack([inputs[0], inputs[2]], dim=-2), inputs, 3, "x") == Stacked((0, 2), 2)
+    assert _stacked(torch.stack([inputs[1]], dim=0), inputs, 3, "x") == Stacked((1,), 0)
+    for value in (inputs[1] * 2, torch.stack([inputs[0], inputs[1] + 1e-6], dim=-2), inputs[1], [inputs[0]]):
+        with pytest.raises(InputError, match="layer 3: the model computes its argument 'x' from earlier layers"):
+            _stacked(value, inputs, 3, "x")
 
 
 def test_refused_families_say_to_prune_by_the_weights() -> None:

@@ -2202,7 +2202,7 @@ _ENTRIES = [
         "forward, each later pass restarting from the pre-loop states with messages that model.llm.message_input "
         "computes from every looped layer's previous-pass output, so a looped layer's later inputs depend on the "
         "layers after it: layer-by-layer calibration (each layer loaded once, run once on cached inputs) cannot "
-        "replay that, nor the attention-residual block states built between layers; prune by the weights instead: "
+        "replay that (the messages are no stack of earlier layers' inputs); prune by the weights instead: "
         "moeprune prune MODEL --criterion aimer --ratio R -o OUT",
         tiny=dict(
             architectures=["Inkling2LoopForConditionalGeneration"],

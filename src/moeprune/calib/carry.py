@@ -5,8 +5,10 @@ return ``(hidden, topk_indices)`` and the next layer takes them as ``prev_topk_i
 whose indexer is ``shared`` reuses them); Kolibri 1.1's return ``(hidden, index_pool)``; Kolibri 1.1
 and Gemma 4 fill a ``shared_kv_states`` mapping with keys and values that later layers read. The
 capture pass (`calib.skeleton.Skeleton.capture`) records such arguments as `Carried` (an earlier
-layer's extra output, as the model's forward passes it on) or `Shared` (a mapping passed to several
-layers). When the engine runs layer i on a batch, `resolve` puts the real values in their place and
+layer's extra output, as the model's forward passes it on), `Shared` (a mapping passed to several
+layers) or `Stacked` (earlier layers' inputs that the forward stacks between layers: Inkling2's
+attention-residual ``block_states``; the state keeps each stacked input until its last reader).
+When the engine runs layer i on a batch, `resolve` puts the real values in their place and
 `passed_on` keeps, beside the layer's hidden states, only what a later layer still reads: the
 batch's *state*, stored with its hidden states in the activation cache (on disk with them under
 ``--offload-dir`` or a STATS folder, so a resumed run has it: `flatten` / `unflatten`).
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-from moeprune.calib.skeleton import Carried, Shared
+from moeprune.calib.skeleton import Carried, Shared, Stacked
 from moeprune.errors import InputError
 
 
@@ -35,6 +37,14 @@ def resolve(kwargs: dict[str, Any], state: dict[str, Any], layer: int) -> dict[s
                     "activation cache does not hold"
                 )
             value = state[value.key]
+        elif isinstance(value, Stacked):
+            missing = [k for k in value.keys if k not in state]
+            if missing:
+                raise InputError(
+                    f"layer {layer}: its argument {name} stacks the input of {missing[0]}, which the activation "
+                    "cache does not hold"
+                )
+            value = torch.stack([state[k] for k in value.keys], dim=value.axis)
         elif isinstance(value, Shared):
             value.mapping.clear()
             value.mapping.update(state.get(value.key, value.initial))
@@ -43,13 +53,28 @@ def resolve(kwargs: dict[str, Any], state: dict[str, Any], layer: int) -> dict[s
     return out
 
 
+def _keys(value: Any) -> tuple[str, ...]:
+    """The state keys a layer argument reads."""
+    if isinstance(value, (Carried, Shared)):
+        return (value.key,)
+    if isinstance(value, Stacked):
+        return value.keys
+    return ()
+
+
 def passed_on(
-    out: Any, arity: int, layers: list[dict[str, Any]], i: int, state: dict[str, Any]
+    out: Any,
+    arity: int,
+    layers: list[dict[str, Any]],
+    i: int,
+    state: dict[str, Any],
+    hidden_in: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """(hidden states, state) that layer ``i`` passes on, from its output ``out`` of which the
     model takes ``arity`` values; ``layers`` are the keyword arguments of every layer for this
     batch. The state keeps what layers after ``i`` read (their `Carried` outputs and `Shared`
-    mappings), nothing else; a `Shared` mapping is emptied once its contents are in the state."""
+    mappings, the inputs their `Stacked` arguments stack: layer ``i``'s is ``hidden_in``), nothing
+    else; a `Shared` mapping is emptied once its contents are in the state."""
     if arity > 1:
         if not isinstance(out, tuple) or len(out) != arity:
             n = len(out) if isinstance(out, tuple) else 1
@@ -57,8 +82,10 @@ def passed_on(
         hidden, extras = out[0], out[1:]
     else:
         hidden, extras = (out[0] if isinstance(out, tuple) else out), ()
-    later = {v.key for kw in layers[i + 1 :] for v in kw.values() if isinstance(v, (Carried, Shared))}
+    later = {k for kw in layers[i + 1 :] for v in kw.values() for k in _keys(v)}
     new = {k: v for k, v in state.items() if k in later}
+    if hidden_in is not None and f"in{i}" in later:
+        new[f"in{i}"] = hidden_in
     for slot, value in enumerate(extras, 1):
         key = Carried(i, slot).key
         if key in later:

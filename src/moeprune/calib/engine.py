@@ -194,7 +194,7 @@ def calibrate(
                     h, state = cache.get(b)
                     with torch.no_grad():
                         out = layer(h.to(dev), **_to(carry.resolve(kwargs[b][i], state, i), dev))
-                    cache.put(b, *carry.passed_on(out, skel.arity[i], kwargs[b], i, state))
+                    cache.put(b, *carry.passed_on(out, skel.arity[i], kwargs[b], i, state, h))
                     if progress is not None:
                         progress(f"layer {i + 1}/{len(skel.layers)}", int(mask.sum()), n_tok)
             finally:

@@ -189,28 +189,29 @@ class Skeleton:
         the layers. How many values the model takes from each layer (`arity`) is read from the
         model's own forward, at the call.
 
-        An argument that the model's forward computes from an earlier layer's hidden states between
-        layers (Inkling2's attention-residual ``block_states`` past its first block: the inputs of the
-        block-boundary layers, stacked) cannot be replayed from the capture, where every layer is a
-        stub: the stubs' outputs are followed through every torch operation (`_Derived`) and such an
-        argument is refused with one line, never replayed with the stubs' values."""
+        An argument that the model's forward computes from earlier layers' hidden states between
+        layers cannot be taken from the capture, where every layer is a stub: each stub returns
+        random values of its own, followed through every torch operation (`_Derived`). Such an
+        argument that is exactly a stack of earlier layers' inputs (Inkling2's attention-residual
+        ``block_states``: the inputs of its block-boundary layers) is recorded as `Stacked`, which the
+        engine rebuilds from the real inputs; any other is refused with one line."""
         found: list[dict[str, Any]] = []
         first: list[torch.Tensor] = []
         last = len(self.layers) - 1
         shared: dict[int, Shared] = {}
         derived = _Derived()
+        inputs: list[torch.Tensor] = []  # every layer's input in this capture (from layer 1 on, stub outputs)
+        noise = torch.Generator(device=self.device).manual_seed(0)
 
         def stub(i: int, layer: torch.nn.Module, signature: inspect.Signature) -> Callable[..., Any]:
             def run(*args: Any, **kwargs: Any) -> Any:
                 hidden, named = _named(signature, args, kwargs)
                 if not first:
                     first.append(hidden)
+                inputs.append(hidden)
                 for k, v in named.items():
                     if derived.holds(v):
-                        raise InputError(
-                            f"layer {i}: the model computes its argument {k!r} from earlier layers' hidden states "
-                            "between layers, which layer-by-layer calibration does not replay"
-                        )
+                        named[k] = _stacked(v, inputs[:-1], i, k)
                 found.append({k: _record(v, shared, i) for k, v in named.items()})
                 n = _unpacked_by_caller(sys._getframe(1), layer)
                 if self.arity.setdefault(i, n) != n:
@@ -219,7 +220,8 @@ class Skeleton:
                     )
                 if i == last:
                     raise _Stop
-                out = derived.add(hidden.view_as(hidden))  # a new tensor: the layer's input is not derived
+                # values of its own, so that a stack of layer inputs is recognised by value (`_stacked`)
+                out = derived.add(torch.randn(hidden.shape, generator=noise, device=hidden.device).to(hidden.dtype))
                 return out if n == 1 else (out, *(_Marker(i, s) for s in range(1, n)))
 
             return run
@@ -273,6 +275,43 @@ def _mtp_root(mtp: str | None, layers: str) -> str | None:
         return None
     root = mtp.split(".")[0] + "."
     return mtp + "." if layers.startswith(root) else root
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """An argument of a decoder layer that the model's forward builds between layers by stacking the
+    inputs of the earlier decoder layers ``layers`` (in that order) along ``axis``: Inkling2's
+    ``block_states``, the inputs of its attention-residual block boundaries."""
+
+    layers: tuple[int, ...]
+    axis: int
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f"in{j}" for j in self.layers)
+
+
+def _stacked(value: Any, inputs: list[torch.Tensor], layer: int, name: str) -> Stacked:
+    """``value`` (computed from the stub layers' outputs) as a `Stacked` of the layer inputs
+    ``inputs`` (layer j's at index j), matched exactly by value; an InputError when it is anything else."""
+    if isinstance(value, torch.Tensor) and inputs:
+        shape = tuple(inputs[0].shape)
+        for axis in range(value.dim()):
+            if tuple(value.shape[:axis] + value.shape[axis + 1 :]) != shape:
+                continue
+            found = []
+            for s in range(value.shape[axis]):
+                part = value.select(axis, s)
+                match = [j for j, h in enumerate(inputs) if h.dtype == part.dtype and torch.equal(h, part)]
+                if not match:
+                    break
+                found.append(match[0])
+            else:
+                return Stacked(tuple(found), axis)
+    raise InputError(
+        f"layer {layer}: the model computes its argument {name!r} from earlier layers' hidden states between "
+        "layers (not as a stack of their inputs), which layer-by-layer calibration does not replay"
+    )
 
 
 class _Derived(torch.overrides.TorchFunctionMode):
