@@ -127,7 +127,7 @@ SERVED = [
         "mimo_v2_flash",
         sizes=dict(head_dim=96, v_head_dim=96, swa_head_dim=96, swa_v_head_dim=96),
         limit="vLLM's MiMo sliding-window attention differs from transformers' once the context exceeds the "
-        "window (positions 0-15 match to 1e-6, window 16)",
+        "window (positions 0-15 match to 1e-6, window 16; a window longer than the context matches to 2e-6)",
     ),
     Serve(
         "zaya",
