@@ -171,16 +171,23 @@ def test_stacked_layer_inputs_are_replayed_and_equal_the_full_model_reference(
 def test_only_a_stack_of_earlier_layer_inputs_is_replayed() -> None:
     import pytest
 
-    from moeprune.calib.skeleton import Stacked, _stacked
+    from moeprune.calib.skeleton import Stacked, _fingerprint, _stacked
     from moeprune.errors import InputError
 
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.randn(2, 5, 8, generator=gen) for _ in range(3)]  # layers 0, 1, 2's inputs (B, L, H)
-    assert _stacked(torch.stack([inputs[0], inputs[2]], dim=-2), inputs, 3, "x") == Stacked((0, 2), 2)
-    assert _stacked(torch.stack([inputs[1]], dim=0), inputs, 3, "x") == Stacked((1,), 0)
-    for value in (inputs[1] * 2, torch.stack([inputs[0], inputs[1] + 1e-6], dim=-2), inputs[1], [inputs[0]]):
+    prints = [_fingerprint(h) for h in inputs]
+
+    def stacked(value: Any) -> Stacked:
+        return _stacked(value, prints, inputs.__getitem__, 3, "x")
+
+    assert stacked(torch.stack([inputs[0], inputs[2]], dim=-2)) == Stacked((0, 2), 2)
+    assert stacked(torch.stack([inputs[1]], dim=0)) == Stacked((1,), 0)
+    late = inputs[1].clone()
+    late[-1, -1, -1] += 1  # the same first values (fingerprint), not the same tensor
+    for value in (inputs[1] * 2, torch.stack([inputs[0], late], dim=-2), inputs[1], [inputs[0]]):
         with pytest.raises(InputError, match="layer 3: the model computes its argument 'x' from earlier layers"):
-            _stacked(value, inputs, 3, "x")
+            stacked(value)
 
 
 def test_refused_families_say_to_prune_by_the_weights() -> None:

@@ -16,6 +16,7 @@ import functools
 import inspect
 import re
 import sys
+import weakref
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from types import CodeType, FrameType
@@ -89,6 +90,9 @@ class Skeleton:
         self.arity: dict[int, int] = {}
         """Per decoder layer, how many values the model takes from its output (1: the hidden states
         alone); learnt by `capture`."""
+        self.stacks: dict[tuple[int, str], Stacked] | None = None
+        """Per (decoder layer, argument), the `Stacked` arguments the first `capture` recognised; None
+        before it."""
         pattern = re.compile(re.escape(moe.family.layers) + r"\.(\d+)\.")
         self.keys: dict[int, list[str]] = {}
         outside = []
@@ -194,24 +198,35 @@ class Skeleton:
         random values of its own, followed through every torch operation (`_Derived`). Such an
         argument that is exactly a stack of earlier layers' inputs (Inkling2's attention-residual
         ``block_states``: the inputs of its block-boundary layers) is recorded as `Stacked`, which the
-        engine rebuilds from the real inputs; any other is refused with one line."""
+        engine rebuilds from the real inputs; any other is refused with one line. Only the first
+        batch's stubs draw random values (the recognised stacks are kept in `stacks`); later batches'
+        stubs return their input, as the stacks are the same structure for every batch."""
         found: list[dict[str, Any]] = []
         first: list[torch.Tensor] = []
         last = len(self.layers) - 1
         shared: dict[int, Shared] = {}
         derived = _Derived()
-        inputs: list[torch.Tensor] = []  # every layer's input in this capture (from layer 1 on, stub outputs)
-        noise = torch.Generator(device=self.device).manual_seed(0)
+        probe = self.stacks is None
+        stacks: dict[tuple[int, str], Stacked] = {} if self.stacks is None else self.stacks
+        prints: list[torch.Tensor] = []  # a fingerprint of every layer's input in this capture
 
         def stub(i: int, layer: torch.nn.Module, signature: inspect.Signature) -> Callable[..., Any]:
             def run(*args: Any, **kwargs: Any) -> Any:
                 hidden, named = _named(signature, args, kwargs)
                 if not first:
                     first.append(hidden)
-                inputs.append(hidden)
+                prints.append(_fingerprint(hidden))
                 for k, v in named.items():
-                    if derived.holds(v):
-                        named[k] = _stacked(v, inputs[:-1], i, k)
+                    if not derived.holds(v):
+                        continue
+                    if probe:  # layer j's input: the first layer's, or stub j - 1's random values (seed j)
+                        stacks[i, k] = _stacked(v, prints[:-1], lambda j: _noise(hidden, j) if j else first[0], i, k)
+                    elif (i, k) not in stacks:
+                        raise InputError(
+                            f"layer {i}: the model computes its argument {k!r} from earlier layers' hidden states "
+                            "between layers in this batch only, which layer-by-layer calibration does not replay"
+                        )
+                    named[k] = stacks[i, k]
                 found.append({k: _record(v, shared, i) for k, v in named.items()})
                 n = _unpacked_by_caller(sys._getframe(1), layer)
                 if self.arity.setdefault(i, n) != n:
@@ -220,8 +235,8 @@ class Skeleton:
                     )
                 if i == last:
                     raise _Stop
-                # values of its own, so that a stack of layer inputs is recognised by value (`_stacked`)
-                out = derived.add(torch.randn(hidden.shape, generator=noise, device=hidden.device).to(hidden.dtype))
+                # first batch: values of its own, so that a stack of layer inputs is recognised by value
+                out = derived.add(_noise(hidden, len(prints)) if probe else hidden.view_as(hidden))
                 return out if n == 1 else (out, *(_Marker(i, s) for s in range(1, n)))
 
             return run
@@ -241,6 +256,7 @@ class Skeleton:
         finally:
             for layer in self.layers:
                 del layer.forward
+        self.stacks = stacks
         return first[0], found
 
 
@@ -291,18 +307,41 @@ class Stacked:
         return tuple(f"in{j}" for j in self.layers)
 
 
-def _stacked(value: Any, inputs: list[torch.Tensor], layer: int, name: str) -> Stacked:
-    """``value`` (computed from the stub layers' outputs) as a `Stacked` of the layer inputs
-    ``inputs`` (layer j's at index j), matched exactly by value; an InputError when it is anything else."""
-    if isinstance(value, torch.Tensor) and inputs:
-        shape = tuple(inputs[0].shape)
+def _noise(like: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random values shaped like ``like``, the same for the same seed."""
+    gen = torch.Generator(device=like.device).manual_seed(seed)
+    return torch.randn(like.shape, generator=gen, device=like.device).to(like.dtype)
+
+
+FINGERPRINT = 16
+"""Values of a tensor compared before the whole tensor (`_stacked`)."""
+
+
+def _fingerprint(t: torch.Tensor) -> torch.Tensor:
+    """A tensor's dtype-preserving first values (shape (n,)), kept instead of the tensor."""
+    return t.detach().reshape(-1)[:FINGERPRINT].clone()
+
+
+def _stacked(
+    value: Any, prints: list[torch.Tensor], full: Callable[[int], torch.Tensor], layer: int, name: str
+) -> Stacked:
+    """``value`` (computed from the stub layers' outputs) as a `Stacked` of earlier layer inputs, matched
+    exactly by value: layer j's input has the fingerprint ``prints[j]`` and is ``full(j)``; an InputError
+    when ``value`` is anything else."""
+    if isinstance(value, torch.Tensor) and prints:
+        shape = tuple(full(0).shape)
         for axis in range(value.dim()):
             if tuple(value.shape[:axis] + value.shape[axis + 1 :]) != shape:
                 continue
             found = []
             for s in range(value.shape[axis]):
                 part = value.select(axis, s)
-                match = [j for j, h in enumerate(inputs) if h.dtype == part.dtype and torch.equal(h, part)]
+                head = _fingerprint(part)
+                match = [
+                    j
+                    for j, fp in enumerate(prints)
+                    if fp.dtype == head.dtype and torch.equal(fp, head) and torch.equal(full(j), part)
+                ]
                 if not match:
                     break
                 found.append(match[0])
@@ -320,7 +359,8 @@ class _Derived(torch.overrides.TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tensors: dict[int, torch.Tensor] = {}  # id -> tensor (kept alive: ids are not reused)
+        self.tensors: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+        """id -> tensor, for as long as the model holds it (an entry goes with its tensor: no id reuse)."""
 
     def add(self, value: Any) -> Any:
         for t in _tensors(value):
