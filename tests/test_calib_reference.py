@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +157,42 @@ def expert_output(family: str, mod: Any, j: int, x: torch.Tensor) -> torch.Tenso
     return f
 
 
+def routed_layer(
+    hidden: torch.Tensor,
+    index: torch.Tensor,
+    weights: torch.Tensor,
+    valid: torch.Tensor,
+    actual: torch.Tensor,
+    output: Callable[[int, torch.Tensor], torch.Tensor],
+    scaled: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> LayerRef:
+    """The `LayerRef` of one MoE layer from the routing it applied: ``hidden`` (T, H), ``index`` and
+    ``weights`` (T, k), the non-padding tokens ``valid`` (T,), what the experts module returned
+    ``actual``, and f_j by hand (``output(j, x)``, float64). The layer's output is rebuilt as
+    Σ g_j f_j(x), or Σ ``scaled(j, x, g)`` where the score scales the expert input (Llama 4)."""
+    rebuilt = torch.zeros(hidden.shape[0], hidden.shape[1], dtype=torch.float64)
+    experts_l, tokens_l, gates_l, norms_l = [], [], [], []
+    for j in index.unique().tolist():
+        tok, slot = (index == j).nonzero(as_tuple=True)
+        g = weights[tok, slot].double()  # (n_j,)
+        f = output(j, hidden[tok])  # (n_j, H)
+        rebuilt.index_add_(0, tok, g[:, None] * f if scaled is None else scaled(j, hidden[tok], weights[tok, slot]))
+        keep = valid[tok]
+        experts_l.append(torch.full((int(keep.sum()),), j, dtype=torch.int64))
+        tokens_l.append(tok[keep])
+        gates_l.append(g[keep])
+        norms_l.append(f[keep].norm(dim=-1))
+    return LayerRef(
+        top_k=index.shape[1],
+        pairs_expert=torch.cat(experts_l),
+        pairs_token=torch.cat(tokens_l),
+        gate=torch.cat(gates_l),
+        norm=torch.cat(norms_l),
+        rebuilt=rebuilt,
+        actual=actual,
+    )
+
+
 def _split_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(hidden, index, weights) whatever the argument names (GPT-OSS: router_indices, routing_weights)."""
     tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
@@ -261,33 +298,9 @@ def build_reference(path: Path, family: str, tokens: Any) -> Reference:
                 actual = c["actual"].reshape(n_exp, n_tok, -1).sum(0)  # (T, H)
             else:
                 index, weights, actual = c["index"], c["weights"], c["actual"]
-            k = index.shape[1]
-            rebuilt = torch.zeros(n_tok, hidden.shape[1], dtype=torch.float64)
-            experts_l, tokens_l, gates_l, norms_l = [], [], [], []
-            for j in index.unique().tolist():
-                tok, slot = (index == j).nonzero(as_tuple=True)
-                g = weights[tok, slot].double()  # (n_j,)
-                f = expert_output(family, experts, j, hidden[tok])  # (n_j, H)
-                if family in SCALED:
-                    rebuilt.index_add_(
-                        0, tok, expert_output(family, experts, j, hidden[tok] * weights[tok, slot, None])
-                    )
-                else:
-                    rebuilt.index_add_(0, tok, g[:, None] * f)
-                keep = valid[tok]
-                experts_l.append(torch.full((int(keep.sum()),), j, dtype=torch.int64))
-                tokens_l.append(tok[keep])
-                gates_l.append(g[keep])
-                norms_l.append(f[keep].norm(dim=-1))
-            layers[i] = LayerRef(
-                top_k=k,
-                pairs_expert=torch.cat(experts_l),
-                pairs_token=torch.cat(tokens_l),
-                gate=torch.cat(gates_l),
-                norm=torch.cat(norms_l),
-                rebuilt=rebuilt,
-                actual=actual,
-            )
+            output = partial(expert_output, family, experts)
+            scaled = (lambda j, x, g, f=output: f(j, x * g[:, None])) if family in SCALED else None  # f_j(s_j x)
+            layers[i] = routed_layer(hidden, index, weights, valid, actual, output, scaled)
     some = next(iter(mods.values()))
     n_experts = (some.experts if family in SCALED else some).num_experts
     return Reference(path, family, int(n_experts), int(valid.sum()), layers)

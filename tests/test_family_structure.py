@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from helpers import one_line_error
 from moeprune.arch import FAMILIES
 from moeprune.arch.layout import describe
 from moeprune.io.reader import Checkpoint
-from test_calib_reference import ATOL, RTOL, LayerRef, token_batch
+from test_calib_reference import ATOL, RTOL, LayerRef, routed_layer, token_batch
 
 LATENT = {"overrides": {"moe_latent_size": 32}}
 """Nemotron-3 Super's latent MoE: experts run in a smaller space between fc1/fc2_latent_proj."""
@@ -111,27 +112,7 @@ def build_reference(path: Path, tokens: Any) -> tuple[int, int, dict[int, LayerR
             c = captured[i]
             hidden, index, weights = c["hidden"], c["index"], c["weights"]  # (T, H), (T, k), (T, k)
             assert hidden.shape[0] == valid.numel()
-            rebuilt = torch.zeros(hidden.shape, dtype=torch.float64)
-            experts_l, tokens_l, gates_l, norms_l = [], [], [], []
-            for j in index.unique().tolist():
-                tok, slot = (index == j).nonzero(as_tuple=True)
-                g = weights[tok, slot].double()
-                f = expert_output(mod, j, hidden[tok])  # (n_j, H)
-                rebuilt.index_add_(0, tok, g[:, None] * f)
-                keep = valid[tok]
-                experts_l.append(torch.full((int(keep.sum()),), j, dtype=torch.int64))
-                tokens_l.append(tok[keep])
-                gates_l.append(g[keep])
-                norms_l.append(f[keep].norm(dim=-1))
-            layers[i] = LayerRef(
-                top_k=index.shape[1],
-                pairs_expert=torch.cat(experts_l),
-                pairs_token=torch.cat(tokens_l),
-                gate=torch.cat(gates_l),
-                norm=torch.cat(norms_l),
-                rebuilt=rebuilt,
-                actual=c["actual"],
-            )
+            layers[i] = routed_layer(hidden, index, weights, valid, c["actual"], partial(expert_output, mod))
     return int(next(iter(mods.values())).num_experts), int(valid.sum()), layers
 
 

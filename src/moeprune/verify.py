@@ -138,13 +138,14 @@ def verify(
     plan = check_pruned_from(out, src)  # before any model is loaded: the pair must belong together
     open_model(out)[0].close()  # the pruned folder's config, headers and experts checked before transformers
     config = load_config(src)
-    text = text_config(config, family_for_config(config))
+    family = family_for_config(config)
+    text = text_config(config, family)
     vocab = text.get("vocab_size")
     if vocab is None:
         raise InputError(f"{src / 'config.json'}: has no vocab_size (verify draws its test tokens from it)")
     ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
     batches: list[dict[str, Any]] = [{}]
-    sets = family_for_config(config).expert_sets
+    sets = family.expert_sets
     if sets is not None and sets.select:  # ERNIE-4.5-VL: the same tokens again, spread over the expert sets
         which = torch.randint(0, len(sets.routers), (batch, seq_len), generator=torch.Generator().manual_seed(seed + 1))
         batches.append({sets.select: which})
@@ -159,6 +160,6 @@ def verify(
         if got.shape != reference.shape:
             raise InputError(f"logit shapes differ: pruned {list(got.shape)} vs original {list(reference.shape)}")
         diff = max(diff, float((got - reference).abs().max()))
-    masked = sum(1 for i in plan.layers if i < int(family_for_config(config).n_layers(text)))
+    masked = sum(1 for i in plan.layers if i < int(family.n_layers(text)))
     largest = max(float(r.abs().max()) for r in references)
     return VerifyResult(diff, largest, masked, batch * seq_len * len(batches), tolerance)
